@@ -1,0 +1,20 @@
+//! mos-runtime: fine-tune language models on many datasets while an online Mixture-of-Skills
+//! scheduler learns how much of each dataset to use.
+//!
+//! The crate is both the `mos-runtime` daemon and a library for hosts that embed it. Start here:
+//! [`runtime::Runtime::start`] runs everything from a [`config::Config`] and returns a
+//! [`runtime::RuntimeHandle`]; [`mixture`] is the scheduler's pure maths; ARCHITECTURE.md in the
+//! repository maps the modules and states their invariants.
+
+pub mod config;
+pub mod data;
+pub mod mixture;
+pub mod model;
+pub mod replay;
+pub mod report;
+pub mod reward;
+pub mod runlog;
+pub mod runtime;
+pub mod scheduler;
+pub mod telemetry;
+pub mod trainer;

@@ -1,0 +1,322 @@
+//! The `mos-runtime` binary: a thin shell over the library. It parses arguments, loads the config,
+//! installs logging and the Prometheus exporter (the library never does), runs, and maps errors to
+//! exit codes: 0 success, 1 runtime failure, 2 bad configuration or input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use mos_runtime::config::Config;
+use mos_runtime::runtime::{prepare, Runtime, RuntimeError};
+use mos_runtime::telemetry;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mos-runtime",
+    version,
+    about = "Fine-tune language models on many datasets while MoS learns the mixture"
+)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set runtime.max_steps=50` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", global = true)]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the training daemon (the default when no subcommand is given).
+    Run,
+    /// Validate the config and datasets and print a summary, without training.
+    Check,
+    /// Re-run the scheduler on the rewards recorded in a mixture log and check that it
+    /// reproduces every recorded mixture exactly.
+    Replay {
+        /// A `mixture.jsonl` written by a run.
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Render SVG plots (mixture weights, eval loss, training loss) from a run's logs.
+    Report {
+        /// The run's output directory.
+        output_dir: PathBuf,
+    },
+}
+
+/// An error already worth its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn input_error(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: e.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let path = cli.config.clone().ok_or_else(|| {
+        input_error(anyhow::anyhow!(
+            "no config given: pass --config FILE (e.g. --config configs/demo.toml)"
+        ))
+    })?;
+    Config::load(&path, &cli.set).map_err(input_error)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Some(Command::Replay { ref log }) => replay(log),
+        Some(Command::Report { ref output_dir }) => {
+            let files = mos_runtime::report::render_report(output_dir).map_err(input_error)?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Some(Command::Check) => check(load_config(&cli)?),
+        Some(Command::Run) | None => daemon(load_config(&cli)?),
+    }
+}
+
+fn replay(log: &std::path::Path) -> Result<(), Failure> {
+    use mos_runtime::replay::ReplayError;
+    match mos_runtime::replay::replay(log) {
+        Ok(r) => {
+            println!(
+                "replay OK: {} updates ({} learned) reproduced bit for bit; final mixture {:?}",
+                r.updates, r.learned, r.last
+            );
+            Ok(())
+        }
+        Err(e @ ReplayError::Mismatch { .. }) => Err(Failure {
+            code: 1,
+            error: anyhow::anyhow!("replay diverged from {}: {e}", log.display()),
+        }),
+        Err(e) => Err(input_error(e)),
+    }
+}
+
+/// Errors that come from the user's input (config, data) exit with 2; the rest with 1.
+fn classify(e: RuntimeError) -> Failure {
+    match e {
+        RuntimeError::Config(_) | RuntimeError::Data(_) | RuntimeError::Mixture(_) => {
+            input_error(e)
+        }
+        RuntimeError::OutputDir { .. } | RuntimeError::BackendUnavailable(_) => input_error(e),
+        other => other.into(),
+    }
+}
+
+fn check(cfg: Config) -> Result<(), Failure> {
+    let source = cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let p = prepare(cfg).map_err(classify)?;
+    let llama = mos_runtime::trainer::llama_config(&p.cfg, &p.tokenizer);
+    println!("config {source}: OK");
+    println!(
+        "strategy {:?}, backend {}, {} steps, batch {} x seq {}",
+        p.cfg.scheduler.strategy,
+        p.cfg.runtime.backend,
+        p.cfg.runtime.max_steps,
+        p.cfg.training.batch_size,
+        p.cfg.training.seq_len
+    );
+    println!(
+        "{:<16} {:>9} {:>7} {:>6} {:>9}  path",
+        "dataset", "train", "eval", "bad", "mixture"
+    );
+    for (d, w) in p.datasets.iter().zip(&p.prior) {
+        println!(
+            "{:<16} {:>9} {:>7} {:>6} {:>9.4}  {}",
+            d.name,
+            d.train.len(),
+            d.eval.len(),
+            d.bad_records,
+            w,
+            d.path.display()
+        );
+    }
+    println!(
+        "model: {} layers, d_model {}, {} heads ({} kv), vocab {}: {} parameters",
+        llama.n_layers,
+        llama.d_model,
+        llama.n_heads,
+        llama.n_kv_heads,
+        llama.vocab_size,
+        llama.num_params()
+    );
+    Ok(())
+}
+
+fn install_metrics(cfg: &Config) -> anyhow::Result<()> {
+    if !cfg.metrics.enabled {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = cfg
+        .metrics
+        .listen
+        .parse()
+        .context("metrics.listen is not a socket address")?;
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    for m in telemetry::CATALOGUE {
+        if m.kind == telemetry::MetricKind::Histogram {
+            builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full(m.name.to_string()),
+                    telemetry::histogram_buckets(m.name),
+                )
+                .context("histogram buckets")?;
+        }
+    }
+    builder
+        .install()
+        .with_context(|| format!("cannot serve metrics on {addr} (metrics.listen)"))?;
+    telemetry::describe();
+    metrics::gauge!(telemetry::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "backend" => cfg.runtime.backend.to_string())
+    .set(1.0);
+    tracing::info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+fn daemon(cfg: Config) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mos-worker")
+        .build()?;
+    rt.block_on(async move {
+        install_metrics(&cfg).map_err(input_error)?;
+        let grace = Duration::from_secs(cfg.runtime.shutdown_grace_secs);
+        let handle = Runtime::start(cfg).await.map_err(classify)?;
+        let stopper = tokio::spawn(async move {
+            wait_signal().await;
+            tracing::warn!(
+                "signal received: finishing the current step and writing outputs (again to exit now)"
+            );
+            Some(())
+        });
+        let wait = handle_wait(handle, stopper, grace);
+        wait.await
+    })
+}
+
+async fn handle_wait(
+    handle: mos_runtime::runtime::RuntimeHandle,
+    stopper: tokio::task::JoinHandle<Option<()>>,
+    grace: Duration,
+) -> Result<(), Failure> {
+    tokio::pin!(stopper);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = &mut stopper, if !stopping => {
+                stopping = true;
+                handle.stop();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = wait_signal() => {
+                            eprintln!("second signal: exiting now");
+                        }
+                        _ = tokio::time::sleep(grace) => {
+                            eprintln!("grace period of {}s exceeded: exiting now", grace.as_secs());
+                        }
+                    }
+                    std::process::exit(130);
+                });
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if handle.is_finished() {
+                    break;
+                }
+            }
+        }
+    }
+    let summary = handle.wait().await.map_err(classify)?;
+    println!(
+        "finished: {} steps in {:.1}s ({:.0} tokens/s), loss {:.4} -> {:.4}{}",
+        summary.steps,
+        summary.seconds,
+        summary.tokens_per_second,
+        summary.first_loss,
+        summary.last_loss,
+        if summary.interrupted {
+            " (stopped on request)"
+        } else {
+            ""
+        }
+    );
+    if !summary.eval.is_empty() {
+        println!("held-out loss per dataset:");
+        for (name, loss) in &summary.eval {
+            println!("  {name:<16} {loss:.4}");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

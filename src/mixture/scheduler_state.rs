@@ -1,0 +1,283 @@
+//! The MoS scheduler's state machine (method.md 2): rewards from probe statistics, then a
+//! REINFORCE update of the scorer. The scheduler actor wraps it; `replay` drives [`MosScheduler::update`]
+//! directly with recorded rewards.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cossim_rewards, cossim_target_rewards, diff_rewards, exact, mospec_diff, q_tau, Adam, Ema,
+    MixtureError, Scorer, REWARD_FLOOR,
+};
+use crate::config::{RewardKind, SchedulerConfig};
+
+/// Probe statistics of one MoS update, one entry per dataset, in dataset order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProbeInput {
+    /// COSSIM: `z_i`, the mean last-layer embedding of dataset i's probe examples.
+    Embeddings(Vec<Vec<f64>>),
+    /// DIFF: per-probe-example perplexities of dataset i, now and at theta_0 (same examples, same
+    /// order).
+    Perplexities {
+        /// Perplexities under the current model.
+        now: Vec<Vec<f64>>,
+        /// Perplexities under the initial model theta_0 (computed once at start-up).
+        initial: Vec<Vec<f64>>,
+    },
+}
+
+/// The rewards of one update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardOutcome {
+    /// The reward of each dataset after MoSpec, before the EMA (and before clipping).
+    pub raw: Vec<f64>,
+    /// The reward the update uses: the EMA of `raw` if enabled, else `raw` (not yet clipped).
+    pub smoothed: Vec<f64>,
+}
+
+/// The MoS scheduler: settings, the scorer, its ONE Adam state for the whole run, the EMA state and
+/// the update count. Serialise it whole into the checkpoint; deserialising gives a scheduler that
+/// continues bit-identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MosScheduler {
+    reward: RewardKind,
+    ema_enabled: bool,
+    target: Option<usize>,
+    #[serde(with = "exact::f64_bits")]
+    target_boost: f64,
+    #[serde(with = "exact::f64_bits")]
+    scorer_lr: f64,
+    scorer_steps: usize,
+    scorer: Scorer,
+    adam: Adam,
+    ema: Ema,
+    updates: u64,
+}
+
+impl MosScheduler {
+    /// A scheduler over datasets of the given sizes, starting from `q_tau(sizes,
+    /// cfg.init_temperature)`. `target` is the MoSpec target's dataset index (resolve
+    /// `cfg.target`'s name with `Config::dataset_index`); `seed` seeds the MLP scorer's
+    /// initialisation (unused by `Logits`).
+    pub fn new(
+        cfg: &SchedulerConfig,
+        sizes: &[u64],
+        target: Option<usize>,
+        seed: u64,
+    ) -> Result<Self, MixtureError> {
+        let n = sizes.len();
+        if n == 0 {
+            return Err(MixtureError::NoDatasets);
+        }
+        if sizes.iter().all(|&m| m == 0) {
+            return Err(MixtureError::AllEmpty);
+        }
+        let tau = cfg.init_temperature.0;
+        if tau.is_nan() || tau <= 0.0 {
+            return Err(MixtureError::InvalidTemperature(tau));
+        }
+        if let Some(t) = target {
+            if t >= n {
+                return Err(MixtureError::TargetOutOfRange { target: t, n });
+            }
+        }
+        let setting = |key, ok: bool, message: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(MixtureError::InvalidSetting {
+                    key,
+                    message: message.to_string(),
+                })
+            }
+        };
+        setting(
+            "scheduler.scorer_lr",
+            cfg.scorer_lr.is_finite() && cfg.scorer_lr > 0.0,
+            "must be positive and finite",
+        )?;
+        setting(
+            "scheduler.ema_beta",
+            cfg.ema_beta > 0.0 && cfg.ema_beta <= 1.0,
+            "must be in (0, 1]",
+        )?;
+        setting(
+            "scheduler.target_boost",
+            cfg.target_boost.is_finite() && cfg.target_boost > 0.0,
+            "must be positive and finite",
+        )?;
+        let scorer = Scorer::new(cfg.scorer, &q_tau(sizes, tau), seed)?;
+        let adam = Adam::new(scorer.n_params());
+        Ok(Self {
+            reward: cfg.reward,
+            ema_enabled: cfg.ema,
+            target,
+            target_boost: cfg.target_boost,
+            scorer_lr: cfg.scorer_lr,
+            scorer_steps: cfg.scorer_steps,
+            scorer,
+            adam,
+            ema: Ema::new(cfg.ema_beta),
+            updates: 0,
+        })
+    }
+
+    /// The current mixture p_psi (one probability per dataset, summing to 1).
+    pub fn probs(&self) -> Vec<f64> {
+        self.scorer.probs()
+    }
+
+    /// Number of datasets N.
+    pub fn n_datasets(&self) -> usize {
+        self.scorer.n_datasets()
+    }
+
+    /// The configured reward family.
+    pub fn reward_kind(&self) -> RewardKind {
+        self.reward
+    }
+
+    /// The MoSpec target index, if any.
+    pub fn target(&self) -> Option<usize> {
+        self.target
+    }
+
+    /// REINFORCE updates applied so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// The scorer (its parameters are what the checkpoint stores).
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// The scorer's Adam state (moments and step count carry over between updates).
+    pub fn adam(&self) -> &Adam {
+        &self.adam
+    }
+
+    /// The EMA state: the last smoothed reward, `None` before the first observation or when the
+    /// EMA is disabled.
+    pub fn smoothed(&self) -> Option<&[f64]> {
+        self.ema.state()
+    }
+
+    /// Turns one update's probe statistics into rewards: the reward family (COSSIM or DIFF), then
+    /// MoSpec if a target is set, then the EMA if enabled (updating the EMA state).
+    ///
+    /// Fails, leaving the state untouched, if the input is of the other family, does not have one
+    /// entry per dataset, is ragged or empty, or contains a value that would make a reward
+    /// non-finite (NaN/inf embeddings, non-positive or non-finite perplexities).
+    pub fn rewards_from_probes(
+        &mut self,
+        input: &ProbeInput,
+    ) -> Result<RewardOutcome, MixtureError> {
+        let n = self.n_datasets();
+        let raw = match (self.reward, input) {
+            (RewardKind::Cossim, ProbeInput::Embeddings(z)) => {
+                check_len("embeddings", n, z.len())?;
+                let dim = z[0].len();
+                for (index, zi) in z.iter().enumerate() {
+                    if zi.len() != dim {
+                        return Err(bad(
+                            index,
+                            format!(
+                                "embedding has {} dimensions, dataset 0's has {dim}",
+                                zi.len()
+                            ),
+                        ));
+                    }
+                    if zi.iter().any(|x| !x.is_finite()) {
+                        return Err(bad(index, "embedding has a non-finite entry".into()));
+                    }
+                }
+                match self.target {
+                    Some(t) => cossim_target_rewards(z, t),
+                    None => cossim_rewards(z),
+                }
+            }
+            (RewardKind::Diff, ProbeInput::Perplexities { now, initial }) => {
+                check_len("perplexities now", n, now.len())?;
+                check_len("initial perplexities", n, initial.len())?;
+                for (index, (a, b)) in now.iter().zip(initial).enumerate() {
+                    if a.is_empty() || a.len() != b.len() {
+                        return Err(bad(
+                            index,
+                            format!(
+                                "{} current and {} initial perplexities; need the same non-zero number",
+                                a.len(),
+                                b.len()
+                            ),
+                        ));
+                    }
+                    // A perplexity is exp(mean NLL) >= 1 in theory; accept any positive finite value.
+                    if a.iter().chain(b).any(|x| !(x.is_finite() && *x > 0.0)) {
+                        return Err(bad(index, "a perplexity is not positive and finite".into()));
+                    }
+                }
+                let r = diff_rewards(now, initial);
+                match self.target {
+                    Some(t) => mospec_diff(r, t, self.target_boost),
+                    None => r,
+                }
+            }
+            (expected, ProbeInput::Embeddings(_)) => {
+                return Err(MixtureError::WrongProbeKind {
+                    expected,
+                    found: "embeddings",
+                })
+            }
+            (expected, ProbeInput::Perplexities { .. }) => {
+                return Err(MixtureError::WrongProbeKind {
+                    expected,
+                    found: "perplexities",
+                })
+            }
+        };
+        if let Some((index, &value)) = raw.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+            // Finite inputs can still overflow (a ratio of 1e308 / 1e-308).
+            return Err(MixtureError::NonFiniteReward { index, value });
+        }
+        let smoothed = if self.ema_enabled {
+            self.ema.observe(&raw)
+        } else {
+            raw.clone()
+        };
+        Ok(RewardOutcome { raw, smoothed })
+    }
+
+    /// One REINFORCE update (method.md 2.2) with already smoothed rewards: clips them to at least
+    /// [`REWARD_FLOOR`], takes `scorer_steps` Adam steps on `-sum_i R_i ln p_i` with the run's one
+    /// Adam state, and returns the new mixture.
+    ///
+    /// Pure `f64` arithmetic in a fixed order: feeding the same rewards to schedulers in the same
+    /// state gives bit-identical results (what `replay` relies on). Fails, leaving the state
+    /// untouched, if `rewards` does not have one entry per dataset or has a NaN/inf entry.
+    pub fn update(&mut self, rewards: &[f64]) -> Result<Vec<f64>, MixtureError> {
+        check_len("rewards", self.n_datasets(), rewards.len())?;
+        if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+            return Err(MixtureError::NonFiniteReward { index, value });
+        }
+        let clipped: Vec<f64> = rewards.iter().map(|&r| r.max(REWARD_FLOOR)).collect();
+        self.scorer
+            .reinforce(&mut self.adam, &clipped, self.scorer_lr, self.scorer_steps);
+        self.updates += 1;
+        Ok(self.probs())
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, found: usize) -> Result<(), MixtureError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(MixtureError::LengthMismatch {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+fn bad(index: usize, message: String) -> MixtureError {
+    MixtureError::BadProbe { index, message }
+}

@@ -1,0 +1,117 @@
+//! The burn Llama model, its batches, losses, probe statistics and the optimiser step.
+//!
+//! This module owns the training device and every tensor on it: the decoder weights
+//! ([`Llama`]), the padded token batches as they are uploaded ([`TokenBatch`]), the
+//! one-pass loss/probe computation ([`per_example_nll`], [`probe`]) and the AdamW step with
+//! its learning-rate schedule ([`Trainer`]). Only plain Rust values (`f32`/`f64` losses,
+//! pooled embeddings as `Vec<f32>`) leave it.
+//!
+//! It must never know about datasets, actors, the mixture or metrics: callers hand it token
+//! ids and masks and get numbers back. Everything here runs on the caller's thread (the
+//! trainer's dedicated OS thread), so nothing here may block on channels or spawn tasks.
+//!
+//! Backend choice is generic (`B: Backend`); [`CpuBackend`] / [`CpuAutodiff`] are the
+//! defaults and `CudaAutodiff` exists behind the crate's `cuda` feature.
+//!
+//! Speed on CPU: burn with `default-features = false` also drops burn-flex's `simd` and
+//! `rayon` features (its broadcasting element-wise ops then run a scalar strided loop, ~5-8x
+//! slower); depending on `burn-flex` directly with `features = ["std", "simd", "rayon"]`
+//! restores them (measured 1.8x faster per training step).
+
+mod batch;
+mod llama;
+mod loss;
+mod train;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::TokenBatch;
+pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
+pub use loss::{per_example_nll, probe, ProbeStats};
+pub use train::{lr_at, StepOutput, TrainHyper, Trainer};
+
+use std::path::PathBuf;
+
+/// The CPU backend (burn-flex, f32 floats).
+pub type CpuBackend = burn::backend::Flex;
+
+/// The CPU backend with automatic differentiation, used for training on CPU.
+pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
+
+/// The CUDA backend with automatic differentiation (NVRTC kernels; libcuda is loaded at run
+/// time, so a build with the `cuda` feature still starts on a machine without a GPU until a
+/// CUDA device is actually used).
+#[cfg(feature = "cuda")]
+pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// The single CPU device of [`CpuBackend`].
+pub fn cpu_device() -> burn::tensor::Device<CpuBackend> {
+    Default::default()
+}
+
+/// Errors of the model module.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model configuration is inconsistent (names the offending field).
+    #[error("invalid model config: {0}")]
+    InvalidConfig(String),
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// burn could not encode or decode a record (weights or optimiser state).
+    #[error("record error on {path}: {message}")]
+    Record {
+        /// The file involved.
+        path: PathBuf,
+        /// burn's description of the failure.
+        message: String,
+    },
+    /// A small JSON side file (trainer state) could not be encoded or decoded.
+    #[error("state file {path}: {source}")]
+    State {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Writes `bytes` to `path` atomically: a sibling temp file is written, fsynced and renamed
+/// over `path`, so a crash leaves either the old file or the new one, never a partial file.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), ModelError> {
+    use std::io::Write;
+    let io_err = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err)?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.unwrap_or_else(|| "model".into()),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        // Best effort: never leave the temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
+}

@@ -1,0 +1,396 @@
+//! The optimiser step: AdamW, warm-up + cosine schedule, global-norm gradient clipping,
+//! skip-on-non-finite, and saving/loading weights and optimiser state.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::loss::masked_token_nll;
+use super::{probe, write_atomic, Llama, ModelError, ProbeStats, TokenBatch};
+
+/// Optimiser and schedule settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainHyper {
+    /// Peak learning rate (reached at the end of warm-up).
+    pub lr: f64,
+    /// Linear warm-up length in steps (0 = start at `lr`).
+    pub warmup_steps: u64,
+    /// Step at which the cosine decay reaches `lr * min_lr_ratio` (and stays there).
+    pub max_steps: u64,
+    /// Final learning rate as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay (applied to matrices only, see [`Trainer`]).
+    pub weight_decay: f64,
+    /// AdamW first-moment decay.
+    pub beta1: f64,
+    /// AdamW second-moment decay.
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Maximum global L2 norm of the gradient; `<= 0` or non-finite disables clipping.
+    pub grad_clip: f64,
+}
+
+/// Learning rate used for the update at 0-based `step`.
+///
+/// Warm-up: `lr * (step + 1) / warmup_steps` for `step < warmup_steps` (so the first step
+/// uses `lr / warmup_steps` and step `warmup_steps - 1` uses `lr`). Then cosine from `lr` at
+/// `warmup_steps` to `lr * min_lr_ratio` at `max_steps`, constant afterwards.
+pub fn lr_at(h: &TrainHyper, step: u64) -> f64 {
+    if step < h.warmup_steps {
+        return h.lr * (step + 1) as f64 / h.warmup_steps as f64;
+    }
+    let min_lr = h.lr * h.min_lr_ratio;
+    let span = h.max_steps.saturating_sub(h.warmup_steps);
+    if span == 0 {
+        // No decay phase configured: the run ends with warm-up.
+        return min_lr;
+    }
+    let progress = ((step - h.warmup_steps) as f64 / span as f64).min(1.0);
+    min_lr + (h.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Result of one [`Trainer::train_step`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutput {
+    /// Mean NLL over all target tokens of the batch (token-weighted), before the update.
+    pub loss: f32,
+    /// Learning rate used (or that would have been used, if the update was skipped).
+    pub lr: f64,
+    /// Number of target tokens in the batch.
+    pub target_tokens: usize,
+    /// False when the loss or the gradient norm was not finite; the update was then skipped.
+    pub finite: bool,
+    /// Global L2 norm of the gradient before clipping (0 when there were no targets).
+    pub grad_norm: f32,
+}
+
+type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+
+/// Owns the model being trained, its AdamW optimiser, the step counter and the schedule.
+///
+/// Weight decay follows the common GPT/Llama recipe: 2-D weights (projections, embeddings)
+/// decay, 1-D parameters (RMSNorm scales) do not. burn's AdamW has one decay rate per
+/// optimiser, so two AdamW instances share the step, each seeing only its parameters'
+/// gradients (parameters without a gradient are left untouched by burn's adaptor).
+pub struct Trainer<B: AutodiffBackend> {
+    model: Option<Llama<B>>,
+    hyper: TrainHyper,
+    device: B::Device,
+    step: u64,
+    decay: Adam<B>,
+    no_decay: Adam<B>,
+    no_decay_ids: Vec<ParamId>,
+}
+
+/// Small side file of [`Trainer::save_state`].
+#[derive(Serialize, Deserialize)]
+struct TrainerStateFile {
+    step: u64,
+}
+
+const STATE_MODEL: &str = "model.mpk";
+const STATE_OPT_DECAY: &str = "optim_decay.mpk";
+const STATE_OPT_NO_DECAY: &str = "optim_no_decay.mpk";
+const STATE_TRAINER: &str = "trainer.json";
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Wraps `model` (already on `device`) with a fresh optimiser at step 0.
+    pub fn new(model: Llama<B>, hyper: TrainHyper, device: B::Device) -> Self {
+        let (decay, no_decay) = build_optimisers::<B>(&hyper);
+        let no_decay_ids = vector_param_ids(&model);
+        Trainer {
+            model: Some(model),
+            hyper,
+            device,
+            step: 0,
+            decay,
+            no_decay,
+            no_decay_ids,
+        }
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Llama<B> {
+        self.model
+            .as_ref()
+            .expect("model present outside train_step")
+    }
+
+    /// The hyper-parameters.
+    pub fn hyper(&self) -> &TrainHyper {
+        &self.hyper
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Number of [`Trainer::train_step`] calls so far, skipped updates included (the
+    /// schedule advances on every batch, as PyTorch's scheduler does when AMP skips a step).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// One optimiser step on `batch`: forward, token-weighted mean NLL, backward, global-norm
+    /// clipping, AdamW. Reads two scalars back from the device (loss and gradient norm).
+    /// A non-finite loss or gradient skips the update (`finite: false`); a batch with no
+    /// targets skips it too (there is nothing to learn from) and reports loss 0.
+    pub fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        let lr = lr_at(&self.hyper, self.step);
+        self.step += 1;
+        let target_tokens = batch.num_targets();
+        if target_tokens == 0 {
+            return StepOutput {
+                loss: 0.0,
+                lr,
+                target_tokens,
+                finite: true,
+                grad_norm: 0.0,
+            };
+        }
+        let model = self.model.take().expect("model present");
+        // `_` drops the hidden states at once: only the loss graph must survive to backward.
+        let (tok, _) = masked_token_nll(&model, batch, &self.device);
+        let loss = tok.sum().div_scalar(target_tokens as f32);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+
+        let mut sumsq = SumSquares::<B> {
+            grads: &grads,
+            total: None,
+        };
+        model.visit(&mut sumsq);
+        let norm = sumsq
+            .total
+            .unwrap_or_else(|| Tensor::<B, 1>::zeros([1], &self.device).inner())
+            .sqrt();
+        let host: Vec<f32> = Tensor::cat(vec![loss.inner(), norm], 0)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let (loss_v, norm_v) = (host[0], host[1]);
+        let finite = loss_v.is_finite() && norm_v.is_finite();
+        if !finite {
+            self.model = Some(model);
+            return StepOutput {
+                loss: loss_v,
+                lr,
+                target_tokens,
+                finite,
+                grad_norm: norm_v,
+            };
+        }
+
+        let clip = self.hyper.grad_clip;
+        if clip > 0.0 && clip.is_finite() && f64::from(norm_v) > clip {
+            // Same rule as torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6).
+            let coef = (clip / (f64::from(norm_v) + 1e-6)) as f32;
+            model.visit(&mut ScaleGrads {
+                grads: &mut grads,
+                coef,
+            });
+        }
+
+        let mut vector_grads = GradientsParams::new();
+        for id in &self.no_decay_ids {
+            if let Some(g) = grads.remove::<B::InnerBackend, 1>(*id) {
+                vector_grads.register::<B::InnerBackend, 1>(*id, g);
+            }
+        }
+        let model = self.decay.step(lr, model, grads);
+        let model = self.no_decay.step(lr, model, vector_grads);
+        self.model = Some(model);
+        StepOutput {
+            loss: loss_v,
+            lr,
+            target_tokens,
+            finite,
+            grad_norm: norm_v,
+        }
+    }
+
+    /// Mean NLL per example (over its targets) with no gradient, on the inner model.
+    pub fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        let model = self.model().valid();
+        let (nll, _) = super::per_example_nll(&model, batch, &self.device);
+        nll.into_data().iter::<f32>().map(f64::from).collect()
+    }
+
+    /// Probe statistics ([`probe`]) with no gradient, on the inner model.
+    pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        probe(&self.model().valid(), batch, &self.device)
+    }
+
+    /// Saves the weights atomically to exactly `path` (burn named MessagePack, f32).
+    pub fn save_model(&self, path: &Path) -> Result<(), ModelError> {
+        self.model().save_file(path)
+    }
+
+    /// Replaces the weights with those saved at `path` (same config). The optimiser state is
+    /// reset (moments from another trajectory would be meaningless); the step is kept.
+    /// Use [`Trainer::load_state`] for an exact resume.
+    pub fn load_model(&mut self, path: &Path) -> Result<(), ModelError> {
+        let model = self.model.take().expect("model present");
+        let loaded = model.clone().load_file(path, &self.device);
+        match loaded {
+            Ok(m) => {
+                self.no_decay_ids = vector_param_ids(&m);
+                self.model = Some(m);
+                let (decay, no_decay) = build_optimisers::<B>(&self.hyper);
+                self.decay = decay;
+                self.no_decay = no_decay;
+                Ok(())
+            }
+            Err(e) => {
+                self.model = Some(model);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes weights, both optimisers' moments and the step counter into `dir` (created if
+    /// needed; each file is written atomically). Making the whole directory atomic (temp dir +
+    /// rename) is the checkpoint module's job.
+    pub fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.save_model(&dir.join(STATE_MODEL))?;
+        save_record::<B, _>(self.decay.to_record(), &dir.join(STATE_OPT_DECAY))?;
+        save_record::<B, _>(self.no_decay.to_record(), &dir.join(STATE_OPT_NO_DECAY))?;
+        let path = dir.join(STATE_TRAINER);
+        let json = serde_json::to_vec(&TrainerStateFile { step: self.step }).map_err(|source| {
+            ModelError::State {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        write_atomic(&path, &json)
+    }
+
+    /// Restores what [`Trainer::save_state`] wrote: continuing from here reproduces the
+    /// run that was saved (bit-exact on CPU). The hyper-parameters are this trainer's.
+    pub fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join(STATE_TRAINER);
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let state: TrainerStateFile =
+            serde_json::from_slice(&bytes).map_err(|source| ModelError::State {
+                path: path.clone(),
+                source,
+            })?;
+        let decay_rec = load_record::<B, _>(&dir.join(STATE_OPT_DECAY), &self.device)?;
+        let no_decay_rec = load_record::<B, _>(&dir.join(STATE_OPT_NO_DECAY), &self.device)?;
+        self.load_model(&dir.join(STATE_MODEL))?;
+        let (decay, no_decay) = build_optimisers::<B>(&self.hyper);
+        self.decay = decay.load_record(decay_rec);
+        self.no_decay = no_decay.load_record(no_decay_rec);
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+fn build_optimisers<B: AutodiffBackend>(h: &TrainHyper) -> (Adam<B>, Adam<B>) {
+    let cfg = AdamWConfig::new()
+        .with_beta_1(h.beta1 as f32)
+        .with_beta_2(h.beta2 as f32)
+        .with_epsilon(h.eps as f32);
+    (
+        cfg.clone().with_weight_decay(h.weight_decay as f32).init(),
+        cfg.with_weight_decay(0.0).init(),
+    )
+}
+
+fn save_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let bytes = Recorder::<B>::record(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        record,
+        (),
+    )
+    .map_err(|e| ModelError::Record {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+fn load_record<B: Backend, R: burn::record::Record<B>>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<R, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Recorder::<B>::load(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        bytes,
+        device,
+    )
+    .map_err(|e| ModelError::Record {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Ids of the 1-D float parameters (norm scales), which get no weight decay.
+fn vector_param_ids<B: Backend>(model: &Llama<B>) -> Vec<ParamId> {
+    struct Collect(HashSet<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if D == 1 {
+                self.0.insert(param.id);
+            }
+        }
+    }
+    let mut c = Collect(HashSet::new());
+    model.visit(&mut c);
+    c.0.into_iter().collect()
+}
+
+/// Sums the squares of every parameter's gradient on the device (no host copy).
+struct SumSquares<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let s = g.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + s,
+                None => s,
+            });
+        }
+    }
+}
+
+/// Multiplies every parameter's gradient by `coef`.
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    coef: f32,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.coef));
+        }
+    }
+}

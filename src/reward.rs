@@ -1,0 +1,135 @@
+//! The reward actor: turns probe statistics from the trainer into per-dataset rewards.
+//!
+//! It keeps the theta_0 perplexities of the fixed probe sets (sent once, at start-up) and the EMA
+//! state, computes COSSIM or DIFF (with MoSpec when a target is set) and forwards raw and smoothed
+//! rewards to the scheduler actor. It never touches tensors: the trainer already reduced the probe
+//! pass to per-example NLLs and pooled embeddings.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::RewardKind;
+use crate::mixture::{mean_embedding, MosScheduler, ProbeInput};
+use crate::scheduler::SchedulerMsg;
+use crate::trainer::ReportGate;
+
+/// Probe statistics of one probe pass.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// Training step at which the probe ran (0 for theta_0).
+    pub step: u64,
+    /// True for the start-up pass on theta_0.
+    pub initial: bool,
+    /// Per dataset, per probe example: mean NLL over the probed tokens.
+    pub nll: Vec<Vec<f64>>,
+    /// Per dataset, per probe example: mean-pooled last hidden state.
+    pub embeddings: Vec<Vec<Vec<f32>>>,
+    /// Examples drawn per dataset since the previous update.
+    pub counts: Vec<u64>,
+    /// Wall time of the probe pass.
+    pub seconds: f64,
+}
+
+/// Messages of the reward actor.
+#[derive(Debug)]
+pub enum RewardMsg {
+    /// A probe pass to turn into rewards.
+    Probe(ProbeReport),
+}
+
+/// Start-up arguments.
+pub struct RewardArgs {
+    /// Holds the reward settings and the EMA state (its scorer half is unused here).
+    pub estimator: Box<MosScheduler>,
+    /// Reward family.
+    pub reward: RewardKind,
+    /// Where rewards go.
+    pub scheduler: ActorRef<SchedulerMsg>,
+    /// Gate of this actor's own mailbox (released per message).
+    pub gate: Arc<ReportGate>,
+    /// Gate of the scheduler's mailbox.
+    pub scheduler_gate: Arc<ReportGate>,
+}
+
+/// The reward actor.
+pub struct RewardActor;
+
+/// Its state.
+pub struct RewardState {
+    args: RewardArgs,
+    /// exp(NLL) of every probe example under theta_0.
+    initial_ppl: Option<Vec<Vec<f64>>>,
+}
+
+impl Actor for RewardActor {
+    type Msg = RewardMsg;
+    type State = RewardState;
+    type Arguments = RewardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RewardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(RewardState {
+            args,
+            initial_ppl: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: RewardMsg,
+        state: &mut RewardState,
+    ) -> Result<(), ActorProcessingErr> {
+        let RewardMsg::Probe(report) = msg;
+        state.args.gate.done();
+        let ppl: Vec<Vec<f64>> = report
+            .nll
+            .iter()
+            .map(|v| v.iter().map(|l| l.exp()).collect())
+            .collect();
+        if report.initial {
+            state.initial_ppl = Some(ppl);
+            return Ok(());
+        }
+        let input = match state.args.reward {
+            RewardKind::Cossim => ProbeInput::Embeddings(
+                report
+                    .embeddings
+                    .iter()
+                    .map(|e| mean_embedding(e))
+                    .collect(),
+            ),
+            RewardKind::Diff => {
+                let Some(initial) = state.initial_ppl.clone() else {
+                    return Err("DIFF reward requested before the theta_0 probe pass".into());
+                };
+                ProbeInput::Perplexities { now: ppl, initial }
+            }
+        };
+        let outcome = match state.args.estimator.rewards_from_probes(&input) {
+            Ok(o) => o,
+            Err(e) => {
+                // A NaN perplexity (diverged model) must not poison the EMA or the scorer: the
+                // report is dropped, counted and logged, and the mixture stays as it is.
+                tracing::warn!(step = report.step, error = %e, "probe report rejected");
+                metrics::counter!(crate::telemetry::REPORTS_DROPPED).increment(1);
+                return Ok(());
+            }
+        };
+        state.args.scheduler_gate.acquire();
+        let sent = state.args.scheduler.cast(SchedulerMsg::Rewards {
+            step: report.step,
+            raw: outcome.raw,
+            smoothed: outcome.smoothed,
+            counts: report.counts,
+        });
+        if sent.is_err() {
+            state.args.scheduler_gate.done();
+        }
+        Ok(())
+    }
+}

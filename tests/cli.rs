@@ -1,0 +1,174 @@
+//! The command line as a user meets it: config errors give a clear message naming the file and key
+//! and a non-zero exit (never a panic); `check` summarises datasets, mixture and model.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn assert_input_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+fn setup(extra: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let out = dir.path().join("out");
+    let cfg = tiny_config(dir.path(), &out, 5, extra);
+    (dir, cfg)
+}
+
+#[test]
+fn check_prints_summary() {
+    let (dir, cfg) = setup("");
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    let o = run(&["check", "--config", p.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["prose", "maths", "qa", "quotes", "parameters", "mixture"] {
+        assert!(out.contains(name), "`{name}` missing from: {out}");
+    }
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let (dir, cfg) = setup("");
+    let p = write_file(
+        dir.path(),
+        "c.toml",
+        &cfg.replace("seed = 7", "seed = 7\nsede = 1"),
+    );
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["sede", "c.toml"],
+    );
+}
+
+#[test]
+fn wrong_type_is_refused() {
+    let (dir, cfg) = setup("");
+    let p = write_file(
+        dir.path(),
+        "c.toml",
+        &cfg.replace("batch_size = 4", "batch_size = \"four\""),
+    );
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["training.batch_size", "c.toml"],
+    );
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    assert_input_error(
+        &run(&["check", "--config", "/no/such/file.toml"]),
+        &["/no/such/file.toml"],
+    );
+}
+
+#[test]
+fn missing_dataset_file_is_refused() {
+    let (dir, cfg) = setup("");
+    let p = write_file(dir.path(), "c.toml", &cfg.replace("quotes.txt", "nope.txt"));
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["nope.txt"],
+    );
+}
+
+#[test]
+fn duplicate_dataset_name_is_refused() {
+    let (dir, cfg) = setup("");
+    let p = write_file(
+        dir.path(),
+        "c.toml",
+        &cfg.replace("name = \"qa\"", "name = \"maths\""),
+    );
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["duplicate", "datasets[2].name"],
+    );
+}
+
+#[test]
+fn non_positive_fixed_weight_is_refused() {
+    let (dir, cfg) = setup("[scheduler]\nstrategy = \"fixed\"");
+    let cfg = cfg
+        .replace("format = \"jsonl\"", "format = \"jsonl\"\nweight = 1.0")
+        .replace("separator = \"%\"", "separator = \"%\"\nweight = 0");
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["datasets[3].weight"],
+    );
+}
+
+#[test]
+fn set_override_is_applied_and_checked() {
+    let (dir, cfg) = setup("");
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    let o = run(&[
+        "check",
+        "--config",
+        p.to_str().unwrap(),
+        "--set",
+        "runtime.max_steps=123",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("123 steps"));
+    assert_input_error(
+        &run(&[
+            "check",
+            "--config",
+            p.to_str().unwrap(),
+            "--set",
+            "runtime.max_steps=x",
+        ]),
+        &["runtime.max_steps", "--set"],
+    );
+}
+
+#[test]
+fn malformed_jsonl_lines_are_skipped_and_counted() {
+    let (dir, cfg) = setup("");
+    let mut text = std::fs::read_to_string(dir.path().join("maths.jsonl")).unwrap();
+    text.push_str("{\"prompt\": 3}\nnot json at all\n{\"prompt\": \"x\", \"respo");
+    std::fs::write(dir.path().join("maths.jsonl"), text).unwrap();
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    let o = run(&["check", "--config", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().find(|l| l.starts_with("maths")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[3], "3", "bad-record column in: {line}");
+    assert!(stderr(&o).contains("maths.jsonl:81"), "{}", stderr(&o));
+}
+
+#[test]
+fn empty_dataset_is_refused() {
+    let (dir, cfg) = setup("");
+    std::fs::write(dir.path().join("qa.jsonl"), "").unwrap();
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    assert_input_error(
+        &run(&["check", "--config", p.to_str().unwrap()]),
+        &["qa.jsonl"],
+    );
+}
+
+#[test]
+fn no_config_is_a_clear_error() {
+    assert_input_error(&run(&["check"]), &["--config"]);
+}
