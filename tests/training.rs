@@ -85,10 +85,31 @@ fn same_seed_gives_the_same_sample_stream() {
     assert_eq!(streams[0].len(), 200);
     assert_eq!(streams[0], streams[1], "same seed, different stream");
     assert_ne!(streams[0], streams[2], "different seed, same stream");
-    // Every dataset is drawn from.
-    for ds in 0..4 {
-        assert!(streams[0].iter().any(|&(d, _)| d == ds));
+    // Realised dataset frequencies follow the published mixture: chi-square over the 200 draws
+    // against the prior recorded in mixture.jsonl (3 degrees of freedom, p = 0.001 -> 16.27).
+    let log = dir.path().join("a").join("mixture.jsonl");
+    let start = mos_runtime::runlog::read_all::<mos_runtime::scheduler::MixtureLogLine>(&log)
+        .unwrap()
+        .into_iter()
+        .find_map(|l| match l {
+            mos_runtime::scheduler::MixtureLogLine::Start(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let mut counts = [0f64; 4];
+    for &(d, _) in &streams[0] {
+        counts[d] += 1.0;
     }
+    let chi2: f64 = counts
+        .iter()
+        .zip(&start.prior)
+        .map(|(c, p)| (c - 200.0 * p).powi(2) / (200.0 * p))
+        .sum();
+    assert!(
+        chi2 < 16.27,
+        "chi-square {chi2} for counts {counts:?} vs {:?}",
+        start.prior
+    );
 }
 
 #[test]
