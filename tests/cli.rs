@@ -172,3 +172,30 @@ fn empty_dataset_is_refused() {
 fn no_config_is_a_clear_error() {
     assert_input_error(&run(&["check"]), &["--config"]);
 }
+
+#[test]
+fn shipped_demo_configs_pass_check() {
+    // The configs a new user runs first must stay valid as the schema evolves. prod.toml needs
+    // the full corpus (scripts/build-data.sh --full) and is checked only when it is present.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut configs = vec!["configs/demo.toml", "configs/demo-mos.toml"];
+    if std::path::Path::new(root)
+        .join("data/full/prose.train.jsonl")
+        .exists()
+    {
+        configs.push("configs/prod.toml");
+    } else {
+        eprintln!(
+            "configs/prod.toml not checked: data/full is absent (scripts/build-data.sh --full)"
+        );
+    }
+    for c in configs {
+        let path = std::path::Path::new(root).join(c);
+        let o = run(&["check", "--config", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{c}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        for name in ["prose", "quotes", "definitions", "qa", "code", "maths"] {
+            assert!(out.contains(name), "{c}: `{name}` missing from: {out}");
+        }
+    }
+}
