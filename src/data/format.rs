@@ -44,6 +44,16 @@ pub(crate) type FileRole = &'static str;
 /// Opens `path` after checking it is an existing regular file, mapping each failure to a typed
 /// error that names the path.
 fn open_checked(path: &Path, what: FileRole) -> Result<File, DataError> {
+    check_regular_file(path, what)?;
+    File::open(path).map_err(|source| DataError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks that `path` exists and is a regular file (not a directory), with an error naming it.
+pub(crate) fn check_regular_file(path: &Path, what: FileRole) -> Result<(), DataError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -66,11 +76,7 @@ fn open_checked(path: &Path, what: FileRole) -> Result<File, DataError> {
             path: path.to_path_buf(),
         });
     }
-    File::open(path).map_err(|source| DataError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 /// Reads and parses every record of `path`. Malformed records are skipped, counted, logged

@@ -107,29 +107,7 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json` (see [`Tokenizer::from_config`] for the special-token
     /// rules); `chatml` requires the ChatML markers.
     pub fn from_hf_file(path: &Path, chatml: bool) -> Result<Tokenizer, DataError> {
-        let what = "tokenizer file";
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DataError::NotFound {
-                    what,
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(source) => {
-                return Err(DataError::Io {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Ok(m) if !m.is_file() => {
-                return Err(DataError::NotAFile {
-                    what,
-                    path: path.to_path_buf(),
-                })
-            }
-            Ok(_) => {}
-        }
+        super::format::check_regular_file(path, "tokenizer file")?;
         let err = |message: String| DataError::Tokenizer {
             path: path.to_path_buf(),
             message,
