@@ -10,7 +10,6 @@ use std::path::Path;
 
 use burn::module::{Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Embedding, Linear, RmsNorm, RmsNormConfig};
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, linear};
@@ -18,7 +17,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{write_atomic, ModelError};
+use super::{load_record, save_record, ModelError};
 
 /// Standard deviation of the normal initialiser (Hugging Face's `initializer_range`).
 const INIT_STD: f64 = 0.02;
@@ -352,33 +351,12 @@ impl<B: Backend> Llama<B> {
 
     /// Saves the weights (burn named MessagePack, full precision) atomically to exactly `path`.
     pub fn save_file(&self, path: &Path) -> Result<(), ModelError> {
-        let bytes = Recorder::<B>::record(
-            &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-            self.clone().into_record(),
-            (),
-        )
-        .map_err(|e| ModelError::Record {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        write_atomic(path, &bytes)
+        save_record::<B, _>(self.clone().into_record(), path)
     }
 
     /// Loads weights written by [`Llama::save_file`] into this model (same config).
     pub fn load_file(self, path: &Path, device: &B::Device) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let record = Recorder::<B>::load(
-            &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-            bytes,
-            device,
-        )
-        .map_err(|e| ModelError::Record {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let record = load_record::<B, _>(path, device)?;
         Ok(self.load_record(record))
     }
 }

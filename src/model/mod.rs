@@ -115,3 +115,41 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), M
     }
     result.map_err(io_err)
 }
+
+/// Serialises a burn record (full precision, named MessagePack) and writes it atomically to
+/// `path`: the one on-disk format for weights and optimiser state.
+pub(crate) fn save_record<B: burn::tensor::backend::Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &std::path::Path,
+) -> Result<(), ModelError> {
+    let bytes = burn::record::Recorder::<B>::record(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::new(),
+        record,
+        (),
+    )
+    .map_err(|e| ModelError::Record {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a record written by [`save_record`].
+pub(crate) fn load_record<B: burn::tensor::backend::Backend, R: burn::record::Record<B>>(
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<R, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    burn::record::Recorder::<B>::load(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::new(),
+        bytes,
+        device,
+    )
+    .map_err(|e| ModelError::Record {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

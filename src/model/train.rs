@@ -7,13 +7,14 @@ use std::path::Path;
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::loss::masked_token_nll;
-use super::{probe, write_atomic, Llama, ModelError, ProbeStats, TokenBatch};
+use super::{
+    load_record, probe, save_record, write_atomic, Llama, ModelError, ProbeStats, TokenBatch,
+};
 
 /// Optimiser and schedule settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -310,41 +311,6 @@ fn build_optimisers<B: AutodiffBackend>(h: &TrainHyper) -> (Adam<B>, Adam<B>) {
         cfg.clone().with_weight_decay(h.weight_decay as f32).init(),
         cfg.with_weight_decay(0.0).init(),
     )
-}
-
-fn save_record<B: Backend, R: burn::record::Record<B>>(
-    record: R,
-    path: &Path,
-) -> Result<(), ModelError> {
-    let bytes = Recorder::<B>::record(
-        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-        record,
-        (),
-    )
-    .map_err(|e| ModelError::Record {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    write_atomic(path, &bytes)
-}
-
-fn load_record<B: Backend, R: burn::record::Record<B>>(
-    path: &Path,
-    device: &B::Device,
-) -> Result<R, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Recorder::<B>::load(
-        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-        bytes,
-        device,
-    )
-    .map_err(|e| ModelError::Record {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
 
 /// Ids of the 1-D float parameters (norm scales), which get no weight decay.
