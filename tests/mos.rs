@@ -9,19 +9,8 @@ use mos_runtime::config::Config;
 use mos_runtime::runtime::Runtime;
 use mos_runtime::scheduler::{MixtureLogLine, UpdateRecord};
 
-fn config(dir: &std::path::Path, out: &str, steps: u64, extra: &str) -> Config {
-    let text = tiny_config(dir, &dir.join(out), steps, extra);
-    let p = write_file(dir, &format!("{out}.toml"), &text);
-    Config::load_with_env(&p, &[], &[]).unwrap()
-}
-
 fn run(cfg: Config) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async { Runtime::start(cfg).await.unwrap().wait().await.unwrap() });
+    tokio_rt().block_on(async { Runtime::start(cfg).await.unwrap().wait().await.unwrap() });
 }
 
 fn updates(path: &std::path::Path) -> Vec<UpdateRecord> {
@@ -41,7 +30,7 @@ fn check_trajectory(reward: &str, ema: bool) {
     let extra = format!(
         "[scheduler]\nstrategy = \"mos\"\nreward = \"{reward}\"\nema = {ema}\nupdate_every = 4\nprobe_size = 8\nscorer_lr = 0.001"
     );
-    let cfg = config(dir.path(), "mos", 48, &extra);
+    let cfg = load_tiny(dir.path(), "mos", 48, &extra);
     run(cfg);
     let log = dir.path().join("mos").join("mixture.jsonl");
     let ups = updates(&log);
@@ -91,7 +80,7 @@ fn replay_detects_a_tampered_log() {
     write_corpus(dir.path());
     let extra =
         "[scheduler]\nstrategy = \"mos\"\nupdate_every = 4\nprobe_size = 8\nscorer_lr = 0.005";
-    run(config(dir.path(), "mos", 20, extra));
+    run(load_tiny(dir.path(), "mos", 20, extra));
     let log = dir.path().join("mos").join("mixture.jsonl");
     let text = std::fs::read_to_string(&log).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -127,13 +116,13 @@ fn probes_never_change_the_training_stream() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     // Reward on: MoS with probes every 5 steps. Reward off: the same prior as a static mixture.
-    let mut on = config(
+    let mut on = load_tiny(
         dir.path(),
         "on",
         30,
         "[scheduler]\nstrategy = \"mos\"\ninit_temperature = 10\nupdate_every = 5\nprobe_size = 8",
     );
-    let mut off = config(
+    let mut off = load_tiny(
         dir.path(),
         "off",
         30,

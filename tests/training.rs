@@ -6,29 +6,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mos_runtime::config::Config;
 use mos_runtime::runtime::Runtime;
-
-fn config(dir: &std::path::Path, out: &str, steps: u64, extra: &str) -> Config {
-    let text = tiny_config(dir, &dir.join(out), steps, extra);
-    let p = write_file(dir, &format!("{out}.toml"), &text);
-    Config::load_with_env(&p, &[], &[]).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn tiny_model_loss_falls_and_eval_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
-    let cfg = config(dir.path(), "run", 60, "");
-    let summary = rt().block_on(async {
+    let cfg = load_tiny(dir.path(), "run", 60, "");
+    let summary = tokio_rt().block_on(async {
         let h = Runtime::start(cfg).await.unwrap();
         h.wait().await.unwrap()
     });
@@ -68,10 +53,10 @@ fn same_seed_gives_the_same_sample_stream() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     let extra = "[scheduler]\nstrategy = \"temperature\"\ntemperature = 2.0";
-    let runtime = rt();
+    let runtime = tokio_rt();
     let mut streams = Vec::new();
     for (out, seed) in [("a", 7), ("b", 7), ("c", 8)] {
-        let mut cfg = config(dir.path(), out, 50, extra);
+        let mut cfg = load_tiny(dir.path(), out, 50, extra);
         cfg.runtime.trace_samples = true;
         cfg.runtime.seed = seed;
         runtime.block_on(async {
@@ -117,8 +102,8 @@ fn a_sleeping_scheduler_does_not_stop_training() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     let extra = "[scheduler]\nupdate_every = 2\ndebug_update_delay_ms = 2000";
-    let cfg = config(dir.path(), "slow", 100_000, extra);
-    rt().block_on(async {
+    let cfg = load_tiny(dir.path(), "slow", 100_000, extra);
+    tokio_rt().block_on(async {
         let h = Runtime::start(cfg).await.unwrap();
         // Wait until the first update tick (step 2) has been sent to the scheduler.
         let t0 = Instant::now();

@@ -414,3 +414,20 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
         .replace("$__interval", "10s")
         .replace("$__range", "1m")
 }
+
+/// Writes the tiny config for `out` under `dir` and loads it as a user would (file, no
+/// environment, no overrides).
+pub fn load_tiny(dir: &Path, out: &str, steps: u64, extra: &str) -> mos_runtime::config::Config {
+    let text = tiny_config(dir, &dir.join(out), steps, extra);
+    let p = write_file(dir, &format!("{out}.toml"), &text);
+    mos_runtime::config::Config::load_with_env(&p, &[], &[]).unwrap()
+}
+
+/// A tokio runtime shaped like the binary's (two workers).
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
