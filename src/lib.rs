@@ -6,8 +6,10 @@
 //! [`runtime::RuntimeHandle`]; [`mixture`] is the scheduler's pure maths; ARCHITECTURE.md in the
 //! repository maps the modules and states their invariants.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod faults;
 pub mod mixture;
 pub mod model;
 pub mod replay;

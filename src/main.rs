@@ -10,8 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use mos_runtime::config::Config;
-use mos_runtime::runtime::{prepare, Runtime, RuntimeError};
+use mos_runtime::runtime::{prepare, Runtime, RuntimeError, StartOptions};
 use mos_runtime::telemetry;
+use mos_runtime::trainer::TrainerError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +27,17 @@ struct Cli {
     /// Override a config key, e.g. `--set runtime.max_steps=50` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", global = true)]
     set: Vec<String>,
+    /// Start from step 0 even if `runtime.output_dir` holds checkpoints (refused over an
+    /// existing run unless `--overwrite` is given too).
+    #[arg(long, global = true)]
+    fresh: bool,
+    /// With `--fresh`: archive the existing run to `output_dir/archive/<time>/` and start over.
+    #[arg(long, global = true, requires = "fresh")]
+    overwrite: bool,
+    /// Resume even though the dataset list changed since the checkpoint (the mixture, loader
+    /// cursors and probe sets are remapped by dataset name).
+    #[arg(long, global = true)]
+    allow_dataset_change: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -114,7 +126,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Check) => check(load_config(&cli)?),
-        Some(Command::Run) | None => daemon(load_config(&cli)?),
+        Some(Command::Run) | None => {
+            let opts = StartOptions {
+                fresh: cli.fresh,
+                overwrite: cli.overwrite,
+                allow_dataset_change: cli.allow_dataset_change,
+                rollbacks: 0,
+            };
+            daemon(load_config(&cli)?, opts)
+        }
     }
 }
 
@@ -142,7 +162,10 @@ fn classify(e: RuntimeError) -> Failure {
         RuntimeError::Config(_) | RuntimeError::Data(_) | RuntimeError::Mixture(_) => {
             input_error(e)
         }
-        RuntimeError::OutputDir { .. } | RuntimeError::BackendUnavailable(_) => input_error(e),
+        RuntimeError::OutputDir { .. }
+        | RuntimeError::BackendUnavailable(_)
+        | RuntimeError::ExistingRun { .. }
+        | RuntimeError::ResumeMismatch { .. } => input_error(e),
         other => other.into(),
     }
 }
@@ -200,6 +223,11 @@ fn install_metrics(cfg: &Config) -> anyhow::Result<()> {
         .listen
         .parse()
         .context("metrics.listen is not a socket address")?;
+    // Bind once ourselves first: the exporter binds on a background task, where a port in use
+    // would only be logged, after training had started.
+    std::net::TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr} (metrics.listen): is another process using the port?")
+    })?;
     let mut builder = PrometheusBuilder::new().with_http_listener(addr);
     for m in telemetry::CATALOGUE {
         if m.kind == telemetry::MetricKind::Histogram {
@@ -223,7 +251,7 @@ fn install_metrics(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn daemon(cfg: Config) -> Result<(), Failure> {
+fn daemon(cfg: Config, mut opts: StartOptions) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,29 +260,48 @@ fn daemon(cfg: Config) -> Result<(), Failure> {
     rt.block_on(async move {
         install_metrics(&cfg).map_err(input_error)?;
         let grace = Duration::from_secs(cfg.runtime.shutdown_grace_secs);
-        let handle = Runtime::start(cfg).await.map_err(classify)?;
-        let stopper = tokio::spawn(async move {
+        // One signal watcher for the whole process, shared by every (re)start of the runtime.
+        let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             wait_signal().await;
             tracing::warn!(
-                "signal received: finishing the current step and writing outputs (again to exit now)"
+                "signal received: finishing the current step and writing a checkpoint (again to exit now)"
             );
-            Some(())
+            let _ = sig_tx.send(true);
         });
-        let wait = handle_wait(handle, stopper, grace);
-        wait.await
+        loop {
+            let handle = Runtime::start_with(cfg.clone(), opts.clone())
+                .await
+                .map_err(classify)?;
+            match handle_wait(handle, sig_rx.clone(), grace).await {
+                // Repeated non-finite losses: start again from the newest checkpoint, with the
+                // data sampler re-seeded (training.on_nonfinite = "rollback").
+                Err(RuntimeError::Trainer(TrainerError::Rollback { step, streak })) => {
+                    opts.rollbacks += 1;
+                    opts.fresh = false;
+                    metrics::counter!(telemetry::ROLLBACKS).increment(1);
+                    tracing::error!(
+                        step,
+                        streak,
+                        rollback = opts.rollbacks,
+                        "rolling back to the newest checkpoint"
+                    );
+                }
+                other => return other.map_err(classify),
+            }
+        }
     })
 }
 
 async fn handle_wait(
     handle: mos_runtime::runtime::RuntimeHandle,
-    stopper: tokio::task::JoinHandle<Option<()>>,
+    mut signal: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
-) -> Result<(), Failure> {
-    tokio::pin!(stopper);
+) -> Result<(), RuntimeError> {
     let mut stopping = false;
     loop {
         tokio::select! {
-            _ = &mut stopper, if !stopping => {
+            _ = signal.wait_for(|&s| s), if !stopping => {
                 stopping = true;
                 handle.stop();
                 tokio::spawn(async move {
@@ -276,7 +323,7 @@ async fn handle_wait(
             }
         }
     }
-    let summary = handle.wait().await.map_err(classify)?;
+    let summary = handle.wait().await?;
     println!(
         "finished: {} steps in {:.1}s ({:.0} tokens/s), loss {:.4} -> {:.4}{}",
         summary.steps,
@@ -290,6 +337,12 @@ async fn handle_wait(
             ""
         }
     );
+    if let Some(from) = summary.resumed_from {
+        println!("resumed from the checkpoint at step {from}");
+    }
+    if let Some(dir) = &summary.last_checkpoint {
+        println!("last checkpoint: {}", dir.display());
+    }
     if !summary.eval.is_empty() {
         println!("held-out loss per dataset:");
         for (name, loss) in &summary.eval {

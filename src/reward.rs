@@ -36,6 +36,9 @@ pub struct ProbeReport {
 pub enum RewardMsg {
     /// A probe pass to turn into rewards.
     Probe(ProbeReport),
+    /// Capture state for a checkpoint: this actor adds its EMA and theta_0 perplexities and
+    /// forwards the request to the scheduler, behind the rewards it already sent.
+    Snapshot(crossbeam_channel::Sender<crate::scheduler::SnapshotReply>),
 }
 
 /// Start-up arguments.
@@ -50,6 +53,9 @@ pub struct RewardArgs {
     pub gate: Arc<ReportGate>,
     /// Gate of the scheduler's mailbox.
     pub scheduler_gate: Arc<ReportGate>,
+    /// theta_0 perplexities restored from a checkpoint (None on a fresh run: the trainer's
+    /// first report provides them).
+    pub initial_ppl: Option<Vec<Vec<f64>>>,
 }
 
 /// The reward actor.
@@ -70,12 +76,10 @@ impl Actor for RewardActor {
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: RewardArgs,
+        mut args: RewardArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RewardState {
-            args,
-            initial_ppl: None,
-        })
+        let initial_ppl = args.initial_ppl.take();
+        Ok(RewardState { args, initial_ppl })
     }
 
     async fn handle(
@@ -84,15 +88,40 @@ impl Actor for RewardActor {
         msg: RewardMsg,
         state: &mut RewardState,
     ) -> Result<(), ActorProcessingErr> {
-        let RewardMsg::Probe(report) = msg;
         state.args.gate.done();
+        let report = match msg {
+            RewardMsg::Probe(report) => report,
+            RewardMsg::Snapshot(reply) => {
+                state.args.scheduler_gate.acquire();
+                let sent = state.args.scheduler.cast(SchedulerMsg::Snapshot {
+                    estimator: Some(state.args.estimator.clone()),
+                    initial_ppl: state.initial_ppl.clone(),
+                    reply,
+                });
+                if sent.is_err() {
+                    state.args.scheduler_gate.done();
+                }
+                return Ok(());
+            }
+        };
         let ppl: Vec<Vec<f64>> = report
             .nll
             .iter()
             .map(|v| v.iter().map(|l| l.exp()).collect())
             .collect();
         if report.initial {
-            state.initial_ppl = Some(ppl);
+            // After a resume with added datasets only the gaps are filled: the others keep the
+            // perplexities of the true theta_0.
+            match &mut state.initial_ppl {
+                Some(have) if have.len() == ppl.len() => {
+                    for (h, p) in have.iter_mut().zip(ppl) {
+                        if h.is_empty() {
+                            *h = p;
+                        }
+                    }
+                }
+                _ => state.initial_ppl = Some(ppl),
+            }
             return Ok(());
         }
         let input = match state.args.reward {
@@ -115,8 +144,21 @@ impl Actor for RewardActor {
             Err(e) => {
                 // A NaN perplexity (diverged model) must not poison the EMA or the scorer: the
                 // report is dropped, counted and logged, and the mixture stays as it is.
-                tracing::warn!(step = report.step, error = %e, "probe report rejected");
+                tracing::warn!(step = report.step, error = %e, "probe report rejected: mixture kept");
                 metrics::counter!(crate::telemetry::REPORTS_DROPPED).increment(1);
+                // A tick keeps the one-report-one-publish rule that deterministic runs rely on.
+                state.args.scheduler_gate.acquire();
+                if state
+                    .args
+                    .scheduler
+                    .cast(SchedulerMsg::Tick {
+                        step: report.step,
+                        counts: report.counts,
+                    })
+                    .is_err()
+                {
+                    state.args.scheduler_gate.done();
+                }
                 return Ok(());
             }
         };

@@ -69,6 +69,49 @@ impl JsonlWriter {
         self.out.write_all(b"\n").map_err(io)?;
         self.out.flush().map_err(io)
     }
+
+    /// Bytes in the file so far (every write is already flushed).
+    pub fn len(&self) -> Result<u64, LogError> {
+        self.out
+            .get_ref()
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|source| LogError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> Result<bool, LogError> {
+        self.len().map(|n| n == 0)
+    }
+}
+
+/// Cuts `path` back to `len` bytes: on resume, the lines a killed run wrote after its last
+/// checkpoint describe an abandoned trajectory. A missing file is left missing; a file shorter
+/// than `len` (edited by hand) is left as it is and reported.
+pub fn truncate_to(path: &Path, len: u64) -> Result<(), LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let cur = file.metadata().map_err(io)?.len();
+    if cur < len {
+        tracing::warn!(path = %path.display(), have = cur, expected = len, "log is shorter than at the checkpoint; leaving it as it is");
+        return Ok(());
+    }
+    if cur > len {
+        tracing::info!(path = %path.display(), dropped_bytes = cur - len, "log cut back to the checkpoint");
+        file.set_len(len).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Reads every line of a JSONL file as `T`.

@@ -7,14 +7,16 @@
 //! finally the trainer's dedicated OS thread. This module never installs a tracing subscriber or a
 //! metrics recorder: that is the binary's (or the host's) job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
-use crate::config::{Backend, Config, ConfigError, Strategy as StrategyKind};
+use crate::checkpoint::{self, ActorState, RunState};
+use crate::config::{Backend, Config, ConfigError, LoaderFailureAction, Strategy as StrategyKind};
 use crate::data::{load_dataset, DataError, Dataset, LoaderActor, LoaderArgs, Tokenizer};
 use crate::mixture::{q_tau, static_mixture, MixtureError, MosScheduler};
 use crate::reward::{RewardActor, RewardArgs, RewardMsg};
@@ -22,7 +24,9 @@ use crate::scheduler::{
     export_weights, MixtureBoard, MixtureSnapshot, SchedulerActor, SchedulerArgs, SchedulerMsg,
     StartRecord, Strategy,
 };
-use crate::trainer::{run_training, Control, ReportGate, RunSummary, TrainerCtx, TrainerError};
+use crate::trainer::{
+    run_training, Control, LiveSet, ReportGate, Resume, RunSummary, TrainerCtx, TrainerError,
+};
 
 /// Everything that can stop the runtime from starting or finishing.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,39 @@ pub enum RuntimeError {
     /// An actor failed during the run.
     #[error("actor failure: {0}")]
     Actor(String),
+    /// `--fresh` over an output directory that already holds a run.
+    #[error("{path} already holds a run (checkpoints or logs); resume it by starting without --fresh, or add --overwrite to archive it and start over")]
+    ExistingRun {
+        /// The output directory.
+        path: PathBuf,
+    },
+    /// The newest checkpoint does not match the config.
+    #[error("cannot resume from {checkpoint}: {message}")]
+    ResumeMismatch {
+        /// The checkpoint directory.
+        checkpoint: PathBuf,
+        /// What differs, and what to do about it.
+        message: String,
+    },
+    /// The newest checkpoint could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+}
+
+/// How [`Runtime::start_with`] treats an output directory that already holds a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Ignore existing checkpoints and start from step 0. Refused over an existing run unless
+    /// `overwrite` is also set.
+    pub fresh: bool,
+    /// With `fresh`: move the existing run's files to `output_dir/archive/<unix-time>/` first.
+    pub overwrite: bool,
+    /// Resume even though the dataset list (names or sizes) changed since the checkpoint; the
+    /// mixture, cursors and probe sets are remapped by dataset name.
+    pub allow_dataset_change: bool,
+    /// Rollbacks already made in this process (re-seeds the data sampler; see
+    /// `training.on_nonfinite`).
+    pub rollbacks: u32,
 }
 
 /// Datasets, tokenizer and prior of a config: what `check` prints and `start` runs on. Cloning is
@@ -103,26 +140,47 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RuntimeError> {
 pub struct Runtime;
 
 impl Runtime {
-    /// Loads data, starts every actor and the trainer thread, and returns a handle. Must be
-    /// called inside a multi-threaded tokio runtime.
+    /// Loads data, starts every actor and the trainer thread, and returns a handle. Resumes
+    /// from the newest complete checkpoint in `output_dir` when there is one. Must be called
+    /// inside a multi-threaded tokio runtime.
     pub async fn start(cfg: Config) -> Result<RuntimeHandle, RuntimeError> {
+        Self::start_with(cfg, StartOptions::default()).await
+    }
+
+    /// As [`Runtime::start`], with explicit options for an existing run.
+    pub async fn start_with(
+        cfg: Config,
+        opts: StartOptions,
+    ) -> Result<RuntimeHandle, RuntimeError> {
         let prepared = tokio::task::spawn_blocking(move || prepare(cfg))
             .await
             .map_err(|e| RuntimeError::Spawn(e.to_string()))??;
-        Self::start_prepared(prepared).await
+        Self::start_prepared_with(prepared, opts).await
     }
 
     /// As [`Runtime::start`], from an already prepared run.
     pub async fn start_prepared(p: Prepared) -> Result<RuntimeHandle, RuntimeError> {
+        Self::start_prepared_with(p, StartOptions::default()).await
+    }
+
+    /// As [`Runtime::start_with`], from an already prepared run.
+    pub async fn start_prepared_with(
+        p: Prepared,
+        opts: StartOptions,
+    ) -> Result<RuntimeHandle, RuntimeError> {
         let cfg = p.cfg.clone();
         if cfg.runtime.backend == Backend::Cuda && !cfg!(feature = "cuda") {
             return Err(RuntimeError::BackendUnavailable(Backend::Cuda));
         }
         let out = cfg.runtime.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(|e| RuntimeError::OutputDir {
-            path: out.clone(),
-            message: e.to_string(),
-        })?;
+        preflight_output_dir(&out, &p)?;
+        let (resume, actor_state) = {
+            let p2 = p.clone();
+            let opts2 = opts.clone();
+            tokio::task::spawn_blocking(move || find_resume(&p2, &opts2))
+                .await
+                .map_err(|e| RuntimeError::Spawn(e.to_string()))??
+        };
         let resolved = toml::to_string_pretty(&*cfg).unwrap_or_default();
         std::fs::write(out.join("config.resolved.toml"), resolved).map_err(|e| {
             RuntimeError::OutputDir {
@@ -136,15 +194,15 @@ impl Runtime {
             .target
             .as_deref()
             .and_then(|t| cfg.dataset_index(t));
-        let mos = if cfg.scheduler.strategy == StrategyKind::Mos {
-            Some(MosScheduler::new(
+        let mos = match &actor_state {
+            Some(a) => a.scheduler.clone(),
+            None if cfg.scheduler.strategy == StrategyKind::Mos => Some(MosScheduler::new(
                 &cfg.scheduler,
                 &p.sizes,
                 target,
                 crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
-            )?)
-        } else {
-            None
+            )?),
+            None => None,
         };
         // Under MoS the published prior is the scorer's own softmax (equal to q_tau within
         // rounding), so that every mixture in the log comes from one computation and `replay`
@@ -154,11 +212,14 @@ impl Runtime {
             p.prior = m.probs();
         }
         let names: Arc<[String]> = p.datasets.iter().map(|d| d.name.clone()).collect();
-        let board = MixtureBoard::new(MixtureSnapshot {
-            version: 0,
-            step: 0,
-            names,
-            weights: p.prior.clone(),
+        let board = MixtureBoard::new(match &actor_state {
+            Some(a) => a.latest.clone(),
+            None => MixtureSnapshot {
+                version: 0,
+                step: 0,
+                names,
+                weights: p.prior.clone(),
+            },
         });
         export_weights(&board.load());
         // Counters that only move on rare events are registered at zero, so dashboards and
@@ -171,6 +232,8 @@ impl Runtime {
         }
 
         let control = Arc::new(Control::default());
+        let live = Arc::new(LiveSet::new(p.datasets.len()));
+        metrics::gauge!(crate::telemetry::DATASETS_LIVE).set(p.datasets.len() as f64);
         let failure = Arc::new(Mutex::new(None));
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -193,6 +256,13 @@ impl Runtime {
                 instance,
                 prepared: p.clone(),
                 senders,
+                cursors: resume
+                    .as_ref()
+                    .map_or_else(|| vec![0; p.datasets.len()], |r| r.state.cursors.clone()),
+                live: live.clone(),
+                resumed: resume.is_some(),
+                estimator: actor_state.as_ref().and_then(|a| a.estimator.clone()),
+                initial_ppl: actor_state.and_then(|a| a.initial_ppl),
                 board: board.clone(),
                 mos,
                 sched_gate: sched_gate.clone(),
@@ -215,6 +285,9 @@ impl Runtime {
             reward: reward.map(|r| (r, reward_gate.clone())),
             scheduler: (scheduler, sched_gate),
             control: control.clone(),
+            live,
+            resume,
+            rollbacks: opts.rollbacks,
         };
         let backend = cfg.runtime.backend;
         let device_index = cfg.runtime.device;
@@ -289,6 +362,13 @@ impl RuntimeHandle {
         self.control.request_stop();
     }
 
+    /// Asks for a checkpoint after the current step (written on the trainer thread, atomically,
+    /// like the periodic ones). Returns at once; the checkpoint appears in
+    /// `output_dir/checkpoints/` within about one step.
+    pub fn checkpoint(&self) {
+        self.control.request_checkpoint();
+    }
+
     /// Optimiser steps completed so far.
     pub fn step(&self) -> u64 {
         self.control.step()
@@ -333,13 +413,20 @@ impl Drop for RuntimeHandle {
     }
 }
 
-/// The root actor: spawns and links every other actor, and stops the run when one fails.
+/// The root actor: spawns and links every other actor, restarts failed loaders with back-off,
+/// and stops the run when the scheduler or the reward actor fails (or a loader keeps failing and
+/// `data.on_loader_failure = "stop"`).
 struct Supervisor;
 
 struct SupervisorArgs {
     instance: u64,
     prepared: Prepared,
     senders: Vec<crossbeam_channel::Sender<crate::data::Example>>,
+    cursors: Vec<u64>,
+    live: Arc<LiveSet>,
+    resumed: bool,
+    estimator: Option<MosScheduler>,
+    initial_ppl: Option<Vec<Vec<f64>>>,
     board: MixtureBoard,
     mos: Option<MosScheduler>,
     sched_gate: Arc<ReportGate>,
@@ -352,13 +439,59 @@ type Children = (ActorRef<SchedulerMsg>, Option<ActorRef<RewardMsg>>);
 
 enum SupervisorMsg {
     Children(ractor::RpcReplyPort<Children>),
+    /// Restart the loader of dataset `i` (sent by the supervisor to itself after the back-off).
+    RestartLoader(usize),
+}
+
+/// One dataset's loader as the supervisor tracks it.
+struct LoaderSlot {
+    id: Option<ractor::ActorId>,
+    /// The next stream position to queue, shared with the running loader.
+    position: Arc<AtomicU64>,
+    /// A clone of the queue's sender, so a restarted loader feeds the same queue.
+    sender: crossbeam_channel::Sender<crate::data::Example>,
+    restarts: u32,
 }
 
 struct SupervisorState {
+    instance: u64,
+    prepared: Prepared,
+    loaders: Vec<LoaderSlot>,
+    live: Arc<LiveSet>,
     scheduler: ActorRef<SchedulerMsg>,
     reward: Option<ActorRef<RewardMsg>>,
     control: Arc<Control>,
     failure: Arc<Mutex<Option<String>>>,
+}
+
+async fn spawn_loader(
+    myself: &ActorRef<SupervisorMsg>,
+    instance: u64,
+    p: &Prepared,
+    i: usize,
+    slot: &LoaderSlot,
+    generation: u32,
+) -> Result<ractor::ActorId, ActorProcessingErr> {
+    let cfg = &p.cfg;
+    let ds = &p.datasets[i];
+    let (actor, _) = Actor::spawn_linked(
+        Some(format!("mos-loader-{instance}-{}-{generation}", ds.name)),
+        LoaderActor,
+        LoaderArgs {
+            dataset_index: i,
+            dataset: ds.clone(),
+            tokenizer: p.tokenizer.clone(),
+            template: cfg.model.chat_template,
+            seq_len: cfg.training.seq_len,
+            seed: crate::trainer::stream_seed(cfg.runtime.seed, "data"),
+            start_at: slot.position.load(Ordering::Acquire),
+            position: slot.position.clone(),
+            sender: slot.sender.clone(),
+        },
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(actor.get_id())
 }
 
 impl Actor for Supervisor {
@@ -373,23 +506,16 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let p = args.prepared;
         let cfg = p.cfg.clone();
-        for (i, (ds, tx)) in p.datasets.iter().zip(args.senders).enumerate() {
-            Actor::spawn_linked(
-                Some(format!("mos-loader-{}-{}", args.instance, ds.name)),
-                LoaderActor,
-                LoaderArgs {
-                    dataset_index: i,
-                    dataset: ds.clone(),
-                    tokenizer: p.tokenizer.clone(),
-                    template: cfg.model.chat_template,
-                    seq_len: cfg.training.seq_len,
-                    seed: crate::trainer::stream_seed(cfg.runtime.seed, "data"),
-                    start_at: 0,
-                    sender: tx,
-                },
-                myself.get_cell(),
-            )
-            .await?;
+        let mut loaders = Vec::with_capacity(p.datasets.len());
+        for (i, tx) in args.senders.into_iter().enumerate() {
+            let mut slot = LoaderSlot {
+                id: None,
+                position: Arc::new(AtomicU64::new(args.cursors.get(i).copied().unwrap_or(0))),
+                sender: tx,
+                restarts: 0,
+            };
+            slot.id = Some(spawn_loader(&myself, args.instance, &p, i, &slot, 0).await?);
+            loaders.push(slot);
         }
         let strategy = match &args.mos {
             Some(m) => Strategy::Mos(Box::new(m.clone())),
@@ -417,6 +543,7 @@ impl Actor for Supervisor {
                     seed: crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
                     prior: p.prior.clone(),
                 },
+                resume: args.resumed,
             },
             myself.get_cell(),
         )
@@ -427,11 +554,12 @@ impl Actor for Supervisor {
                     Some(format!("mos-reward-{}", args.instance)),
                     RewardActor,
                     RewardArgs {
-                        estimator: Box::new(m),
+                        estimator: Box::new(args.estimator.unwrap_or(m)),
                         reward: cfg.scheduler.reward,
                         scheduler: scheduler.clone(),
                         gate: args.reward_gate.clone(),
                         scheduler_gate: args.sched_gate.clone(),
+                        initial_ppl: args.initial_ppl,
                     },
                     myself.get_cell(),
                 )
@@ -441,6 +569,10 @@ impl Actor for Supervisor {
             None => None,
         };
         Ok(SupervisorState {
+            instance: args.instance,
+            prepared: p,
+            loaders,
+            live: args.live,
             scheduler,
             reward,
             control: args.control,
@@ -450,23 +582,64 @@ impl Actor for Supervisor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let SupervisorMsg::Children(reply) = msg;
-        let _ = reply.send((state.scheduler.clone(), state.reward.clone()));
+        match msg {
+            SupervisorMsg::Children(reply) => {
+                let _ = reply.send((state.scheduler.clone(), state.reward.clone()));
+            }
+            SupervisorMsg::RestartLoader(i) => {
+                if state.control.stop_requested() {
+                    return Ok(());
+                }
+                let name = state.prepared.datasets[i].name.clone();
+                let generation = state.loaders[i].restarts;
+                match spawn_loader(
+                    &myself,
+                    state.instance,
+                    &state.prepared,
+                    i,
+                    &state.loaders[i],
+                    generation,
+                )
+                .await
+                {
+                    Ok(id) => {
+                        state.loaders[i].id = Some(id);
+                        state.live.set_live(i);
+                        metrics::counter!(crate::telemetry::ACTOR_RESTARTS, "actor" => "loader")
+                            .increment(1);
+                        metrics::gauge!(crate::telemetry::DATASETS_LIVE)
+                            .set(state.live.live_count() as f64);
+                        tracing::info!(dataset = %name, restart = generation, position = state.loaders[i].position.load(Ordering::Acquire), "loader restarted");
+                    }
+                    Err(e) => {
+                        // A loader that cannot even start counts as one more failure.
+                        tracing::error!(dataset = %name, error = %e, "loader restart failed");
+                        self.loader_failed(&myself, state, i, &e.to_string());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         evt: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(who, err) => {
+                let id = who.get_id();
+                if let Some(i) = state.loaders.iter().position(|l| l.id == Some(id)) {
+                    state.loaders[i].id = None;
+                    self.loader_failed(&myself, state, i, &err.to_string());
+                    return Ok(());
+                }
                 let name = who.get_name().unwrap_or_else(|| "actor".to_string());
                 tracing::error!(actor = %name, error = %err, "actor failed: stopping the run");
                 if let Ok(mut f) = state.failure.lock() {
@@ -481,4 +654,335 @@ impl Actor for Supervisor {
         }
         Ok(())
     }
+}
+
+/// Longest back-off between two restarts of one loader.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Supervisor {
+    /// A loader failed: schedule a restart after an exponential back-off, or, past
+    /// `data.max_loader_restarts`, drop the dataset or stop the run.
+    fn loader_failed(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        i: usize,
+        err: &str,
+    ) {
+        let cfg = &state.prepared.cfg;
+        let name = state.prepared.datasets[i].name.clone();
+        state.live.set_restarting(i);
+        let slot = &mut state.loaders[i];
+        slot.restarts += 1;
+        if slot.restarts > cfg.data.max_loader_restarts {
+            match cfg.data.on_loader_failure {
+                LoaderFailureAction::Drop => {
+                    state.live.drop_dataset(i);
+                    metrics::counter!(crate::telemetry::DATASETS_DROPPED).increment(1);
+                    tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: dataset dropped (data.on_loader_failure = \"drop\"); training goes on over the others");
+                    if !state.live.any_usable() {
+                        if let Ok(mut f) = state.failure.lock() {
+                            f.get_or_insert_with(|| "every dataset was dropped".to_string());
+                        }
+                        state.control.request_stop();
+                    }
+                }
+                LoaderFailureAction::Stop => {
+                    tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: stopping the run (data.on_loader_failure = \"stop\")");
+                    if let Ok(mut f) = state.failure.lock() {
+                        f.get_or_insert_with(|| {
+                            format!(
+                                "the loader of dataset `{name}` failed {} times (data.max_loader_restarts = {}): {err}",
+                                slot.restarts, cfg.data.max_loader_restarts
+                            )
+                        });
+                    }
+                    state.control.request_stop();
+                }
+            }
+        } else {
+            let factor = 1u64 << (slot.restarts - 1).min(16);
+            let backoff = Duration::from_millis(cfg.data.restart_backoff_ms.saturating_mul(factor))
+                .min(MAX_BACKOFF);
+            tracing::warn!(dataset = %name, failure = slot.restarts, backoff_ms = backoff.as_millis() as u64, error = err, "loader failed: restarting after back-off; sampling goes on over the other datasets");
+            myself.send_after(backoff, move || SupervisorMsg::RestartLoader(i));
+        }
+        metrics::gauge!(crate::telemetry::DATASETS_LIVE).set(state.live.live_count() as f64);
+    }
+}
+
+/// Checks, before anything starts, that the output directory can be created and written and
+/// has room for a checkpoint.
+fn preflight_output_dir(out: &Path, p: &Prepared) -> Result<(), RuntimeError> {
+    let err = |message: String| RuntimeError::OutputDir {
+        path: out.to_path_buf(),
+        message,
+    };
+    if out.exists() && !out.is_dir() {
+        return Err(err("exists and is not a directory".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| err(format!("cannot be created: {e}")))?;
+    let probe = out.join(format!(".write-test-{}", std::process::id()));
+    let written = std::fs::write(&probe, [0u8; 4096]).and_then(|_| {
+        std::fs::File::open(&probe)?.sync_all()?;
+        std::fs::remove_file(&probe)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&probe);
+        return Err(err(format!("not writable: {e}")));
+    }
+    // Weights plus AdamW's two moments, f32, plus a margin for the small files.
+    let params = crate::trainer::llama_config(&p.cfg, &p.tokenizer).num_params() as u64;
+    let checkpoint_bytes = params * 4 * 3 + (1 << 20);
+    if let Some(free) = free_bytes(out) {
+        if free < checkpoint_bytes {
+            return Err(err(format!(
+                "only {} MiB free, but one checkpoint needs about {} MiB",
+                free >> 20,
+                checkpoint_bytes.div_ceil(1 << 20)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `dir`.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs struct.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
+/// Files of a run in its output directory (besides `checkpoints/`).
+const RUN_FILES: &[&str] = &[
+    "run.jsonl",
+    "mixture.jsonl",
+    "samples.jsonl",
+    "model.mpk",
+    "config.resolved.toml",
+];
+
+/// Moves an existing run's files to `output_dir/archive/<unix-time>/`.
+fn archive_run(out: &Path) -> Result<PathBuf, RuntimeError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dest = out.join("archive").join(stamp.to_string());
+    let err = |e: std::io::Error| RuntimeError::OutputDir {
+        path: out.to_path_buf(),
+        message: format!("cannot archive the previous run: {e}"),
+    };
+    std::fs::create_dir_all(&dest).map_err(err)?;
+    for name in RUN_FILES.iter().copied().chain([checkpoint::DIR]) {
+        let from = out.join(name);
+        if from.exists() {
+            std::fs::rename(&from, dest.join(name)).map_err(err)?;
+        }
+    }
+    tracing::warn!(to = %dest.display(), "previous run archived");
+    Ok(dest)
+}
+
+fn existing_run(out: &Path) -> bool {
+    !checkpoint::list(out).is_empty() || RUN_FILES.iter().any(|f| out.join(f).exists())
+}
+
+/// Decides how the run starts: fresh, or from the newest complete checkpoint (verified, and
+/// checked against the config). Blocking I/O.
+fn find_resume(
+    p: &Prepared,
+    opts: &StartOptions,
+) -> Result<(Option<Resume>, Option<ActorState>), RuntimeError> {
+    let out = &p.cfg.runtime.output_dir;
+    checkpoint::clean_partial(out);
+    if opts.fresh {
+        if existing_run(out) {
+            if !opts.overwrite {
+                return Err(RuntimeError::ExistingRun { path: out.clone() });
+            }
+            archive_run(out)?;
+        }
+        return Ok((None, None));
+    }
+    let Some((dir, manifest)) = checkpoint::latest_valid(out) else {
+        if existing_run(out) {
+            tracing::warn!(dir = %out.display(), "the output directory holds a run without a complete checkpoint: starting over");
+            archive_run(out)?;
+        }
+        return Ok((None, None));
+    };
+    let mismatch = |message: String| RuntimeError::ResumeMismatch {
+        checkpoint: dir.clone(),
+        message,
+    };
+    let run: RunState = checkpoint::read_json(&dir, checkpoint::RUN_STATE)?;
+    let actors: ActorState = checkpoint::read_json(&dir, checkpoint::ACTOR_STATE)?;
+    let model = crate::trainer::llama_config(&p.cfg, &p.tokenizer);
+    if run.model != model {
+        return Err(mismatch(format!(
+            "the model shape changed (checkpoint {:?}, config {:?}); a checkpoint only resumes the model it was made with. Use another runtime.output_dir, or --fresh --overwrite",
+            run.model, model
+        )));
+    }
+    if let Ok(old) = std::fs::read_to_string(dir.join(checkpoint::CONFIG)) {
+        let new = toml::to_string_pretty(&*p.cfg).unwrap_or_default();
+        for line in checkpoint::diff_configs(&old, &new) {
+            tracing::warn!("config changed since the checkpoint: {line}");
+        }
+    }
+    let names: Vec<String> = p.datasets.iter().map(|d| d.name.clone()).collect();
+    let same_data = run.names == names && run.sizes == p.sizes;
+    let (run, actors, needs_initial_probe) = if same_data {
+        (run, actors, false)
+    } else if !opts.allow_dataset_change {
+        return Err(mismatch(format!(
+            "the datasets changed: checkpoint {}, config {}. Pass --allow-dataset-change to remap the mixture, cursors and probe sets by dataset name",
+            describe_datasets(&run.names, &run.sizes),
+            describe_datasets(&names, &p.sizes)
+        )));
+    } else {
+        remap(p, run, actors).map_err(|e| mismatch(e.to_string()))?
+    };
+    // Cut the logs back to the checkpoint: what a killed run wrote after it is abandoned.
+    let cut = |name: &str, len: u64| {
+        crate::runlog::truncate_to(&out.join(name), len).map_err(|e| RuntimeError::OutputDir {
+            path: out.clone(),
+            message: e.to_string(),
+        })
+    };
+    cut("run.jsonl", run.logs.run)?;
+    cut("mixture.jsonl", run.logs.mixture)?;
+    if let Some(n) = run.logs.samples {
+        cut("samples.jsonl", n)?;
+    }
+    tracing::info!(step = manifest.step, dir = %dir.display(), "resuming from the newest complete checkpoint");
+    Ok((
+        Some(Resume {
+            dir,
+            state: run,
+            needs_initial_probe,
+        }),
+        Some(actors),
+    ))
+}
+
+fn describe_datasets(names: &[String], sizes: &[u64]) -> String {
+    let parts: Vec<String> = names
+        .iter()
+        .zip(sizes)
+        .map(|(n, s)| format!("{n}({s})"))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Remaps a checkpoint's per-dataset state onto the current dataset list, by name. Datasets
+/// present in both keep their cursor, probe set, theta_0 perplexities and share of the mixture
+/// (a dataset whose size changed keeps its share but restarts its stream and probe set); new
+/// ones start at cursor 0 with their prior share. The MoS scorer restarts from the remapped
+/// mixture with fresh Adam moments and EMA.
+fn remap(
+    p: &Prepared,
+    run: RunState,
+    actors: ActorState,
+) -> Result<(RunState, ActorState, bool), MixtureError> {
+    let names: Vec<String> = p.datasets.iter().map(|d| d.name.clone()).collect();
+    let old_index = |name: &str| run.names.iter().position(|n| n == name);
+    let kept: Vec<Option<usize>> = names
+        .iter()
+        .zip(&p.sizes)
+        .map(|(n, &size)| old_index(n).filter(|&j| run.sizes.get(j) == Some(&size)))
+        .collect();
+    let remap_weights = |old: &[f64]| -> Vec<f64> {
+        let mut w: Vec<f64> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match old_index(n) {
+                Some(j) => old.get(j).copied().unwrap_or(p.prior[i]),
+                None => p.prior[i],
+            })
+            .collect();
+        let total: f64 = w.iter().sum();
+        if total > 0.0 && total.is_finite() {
+            w.iter_mut().for_each(|x| *x /= total);
+        } else {
+            w = p.prior.clone();
+        }
+        w
+    };
+    let snapshot = |s: &MixtureSnapshot| MixtureSnapshot {
+        version: s.version,
+        step: s.step,
+        names: names.iter().cloned().collect(),
+        weights: remap_weights(&s.weights),
+    };
+    let pick = |v: &[u64]| -> Vec<u64> {
+        kept.iter()
+            .map(|k| k.and_then(|j| v.get(j).copied()).unwrap_or(0))
+            .collect()
+    };
+    let new_run = RunState {
+        names: names.clone(),
+        sizes: p.sizes.clone(),
+        counts: pick(&run.counts),
+        cursors: pick(&run.cursors),
+        active: snapshot(&run.active),
+        probe_ids: kept
+            .iter()
+            .map(|k| {
+                k.and_then(|j| run.probe_ids.get(j).cloned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        ..run.clone()
+    };
+    let latest = snapshot(&actors.latest);
+    let cfg = &p.cfg;
+    let target = cfg
+        .scheduler
+        .target
+        .as_deref()
+        .and_then(|t| cfg.dataset_index(t));
+    let scheduler = match actors.scheduler {
+        Some(_) => Some(MosScheduler::from_mixture(
+            &cfg.scheduler,
+            &latest.weights,
+            target,
+            crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
+        )?),
+        None => None,
+    };
+    let initial_ppl = actors.initial_ppl.map(|old| {
+        kept.iter()
+            .map(|k| k.and_then(|j| old.get(j).cloned()).unwrap_or_default())
+            .collect::<Vec<Vec<f64>>>()
+    });
+    let needs_initial = scheduler.is_some() && kept.iter().any(Option::is_none);
+    if needs_initial {
+        tracing::warn!("datasets new since the checkpoint get theta_0 perplexities from the current model (their DIFF reward starts at 0)");
+    }
+    tracing::warn!(
+        from = ?run.names,
+        to = ?names,
+        "dataset list changed: mixture, cursors and probe sets remapped by name; the scorer restarts from the remapped mixture"
+    );
+    Ok((
+        new_run,
+        ActorState {
+            estimator: scheduler.clone(),
+            scheduler,
+            initial_ppl,
+            latest,
+        },
+        needs_initial,
+    ))
 }

@@ -164,13 +164,35 @@ pub enum SchedulerMsg {
         /// Examples drawn per dataset since the previous update.
         counts: Vec<u64>,
     },
-    /// An update tick without rewards (static strategies).
+    /// An update tick without rewards (static strategies, or a MoS report whose rewards were
+    /// rejected): the mixture is re-published unchanged, so that every report yields exactly one
+    /// publish.
     Tick {
         /// Training step.
         step: u64,
         /// Examples drawn per dataset since the previous update.
         counts: Vec<u64>,
     },
+    /// Capture this actor's state for a checkpoint. Mailbox order guarantees that every report
+    /// sent before the request has been applied. The reward actor fills in its own part and
+    /// forwards the request; the reply goes straight to the trainer.
+    Snapshot {
+        /// The reward actor's estimator (its EMA), if any.
+        estimator: Option<Box<MosScheduler>>,
+        /// The theta_0 probe perplexities held by the reward actor.
+        initial_ppl: Option<Vec<Vec<f64>>>,
+        /// Where the captured state goes.
+        reply: crossbeam_channel::Sender<SnapshotReply>,
+    },
+}
+
+/// The scheduler-side part of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct SnapshotReply {
+    /// Scheduler and reward actor state.
+    pub state: crate::checkpoint::ActorState,
+    /// Bytes in `mixture.jsonl` after the last applied update.
+    pub mixture_log_len: u64,
 }
 
 /// Start-up arguments of the scheduler actor.
@@ -187,8 +209,10 @@ pub struct SchedulerArgs {
     pub debug_delay: Duration,
     /// Counts reports in flight towards this actor (bounded-mailbox emulation).
     pub gate: Arc<crate::trainer::ReportGate>,
-    /// Written as the first line of the log.
+    /// Written as the first line of the log (not on resume: the log already has it).
     pub start: StartRecord,
+    /// True when the run resumes from a checkpoint.
+    pub resume: bool,
 }
 
 /// The scheduler actor.
@@ -211,7 +235,9 @@ impl Actor for SchedulerActor {
         args: SchedulerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut log = JsonlWriter::append(&args.log_path)?;
-        log.write(&MixtureLogLine::Start(args.start.clone()))?;
+        if !args.resume {
+            log.write(&MixtureLogLine::Start(args.start.clone()))?;
+        }
         Ok(SchedulerState { args, log })
     }
 
@@ -224,6 +250,31 @@ impl Actor for SchedulerActor {
         let started = Instant::now();
         let SchedulerState { args, log } = state;
         args.gate.done();
+        let msg = match msg {
+            SchedulerMsg::Snapshot {
+                estimator,
+                initial_ppl,
+                reply,
+            } => {
+                let scheduler = match &args.strategy {
+                    Strategy::Mos(m) => Some((**m).clone()),
+                    Strategy::Static(_) => None,
+                };
+                let snapshot = SnapshotReply {
+                    state: crate::checkpoint::ActorState {
+                        scheduler,
+                        estimator: estimator.map(|e| *e),
+                        initial_ppl,
+                        latest: (*args.board.load()).clone(),
+                    },
+                    mixture_log_len: log.len()?,
+                };
+                // The trainer may have given up waiting; the checkpoint is then skipped there.
+                let _ = reply.send(snapshot);
+                return Ok(());
+            }
+            other => other,
+        };
         if !args.debug_delay.is_zero() {
             tokio::time::sleep(args.debug_delay).await;
         }
@@ -260,6 +311,8 @@ impl Actor for SchedulerActor {
             (SchedulerMsg::Rewards { step, counts, .. }, Strategy::Static(w)) => {
                 (step, vec![], vec![], counts, w.clone(), None)
             }
+            // Answered before the delay above; nothing to publish.
+            (SchedulerMsg::Snapshot { .. }, _) => return Ok(()),
         };
         if let Some(kind) = reward {
             let label = reward_label(kind);

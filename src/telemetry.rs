@@ -68,8 +68,15 @@ metrics_catalogue! {
     REWARD = "mos_reward", Gauge, ["dataset", "reward"], "Raw reward of each dataset at the last update.";
     REWARD_SMOOTHED = "mos_reward_smoothed", Gauge, ["dataset", "reward"], "Reward after EMA smoothing (equal to the raw reward when the EMA is off).";
     PROBE_DURATION = "mos_probe_duration_seconds", Histogram, [], "Wall time of one batched probe forward pass over every dataset's probe set.";
-    ACTOR_RESTARTS = "mos_actor_restarts_total", Counter, ["actor"], "Actor restarts performed by the supervisor.";
+    ACTOR_RESTARTS = "mos_actor_restarts_total", Counter, ["actor"], "Actor restarts performed by the supervisor (actor is loader, scheduler or reward; the log names the dataset).";
+    DATASETS_LIVE = "mos_datasets_live", Gauge, [], "Datasets whose loader is running (a failed loader is out until restarted; a dropped one for good).";
+    DATASETS_DROPPED = "mos_datasets_dropped_total", Counter, [], "Datasets dropped from the run after their loader kept failing.";
     CHECKPOINT_DURATION = "mos_checkpoint_duration_seconds", Histogram, [], "Wall time to write one checkpoint.";
+    CHECKPOINTS_WRITTEN = "mos_checkpoints_written_total", Counter, [], "Checkpoints committed.";
+    CHECKPOINT_FAILURES = "mos_checkpoint_failures_total", Counter, [], "Checkpoints that could not be written (the run goes on; the previous checkpoint stays).";
+    CHECKPOINTS_INVALID = "mos_checkpoints_invalid_total", Counter, [], "Damaged or incomplete checkpoints skipped at start-up.";
+    ROLLBACKS = "mos_rollbacks_total", Counter, [], "Rollbacks to the last checkpoint after repeated non-finite losses.";
+    MIXTURE_LATE = "mos_mixture_late_total", Counter, [], "Update boundaries at which the previous report's mixture was not yet published (the trainer went on with the older one).";
 }
 
 /// Buckets for a histogram metric, chosen for the durations it measures.

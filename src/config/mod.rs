@@ -118,6 +118,19 @@ pub struct RuntimeConfig {
     pub shutdown_grace_secs: u64,
     /// Write `samples.jsonl`: the (dataset, record index) pairs of every batch (audits, tests).
     pub trace_samples: bool,
+    /// A checkpoint every this many steps (0 = only on stop and at the end).
+    pub checkpoint_every: u64,
+    /// Stop at this step as on SIGTERM (checkpoint, exit 0), leaving the run to be resumed
+    /// later; 0 = run to `max_steps`. For time-sliced or preemptible clusters, and for testing
+    /// resume. Unlike a smaller `max_steps`, it leaves the learning-rate schedule unchanged.
+    pub stop_at_step: u64,
+    /// How many complete checkpoints to keep (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Make every run reproducible bit for bit: at each update boundary the trainer waits until
+    /// the previous report's mixture is published (normally already done) instead of going on
+    /// with the older mixture, and reports are never dropped. Off by default, because waiting
+    /// on the scheduler is exactly what the runtime otherwise never does.
+    pub deterministic: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -132,6 +145,10 @@ impl Default for RuntimeConfig {
             eval_every: 200,
             shutdown_grace_secs: 30,
             trace_samples: false,
+            checkpoint_every: 500,
+            stop_at_step: 0,
+            keep_checkpoints: 3,
+            deterministic: false,
         }
     }
 }
@@ -251,6 +268,35 @@ pub struct TrainingConfig {
     pub loss_on_prompt: bool,
     /// Held-out examples per dataset used by each evaluation.
     pub eval_examples: usize,
+    /// After this many non-finite losses in a row, `on_nonfinite` applies (skipped steps below
+    /// the limit are only counted and logged).
+    pub nonfinite_limit: u64,
+    /// What to do at `nonfinite_limit`: roll back to the last checkpoint or stop the run.
+    pub on_nonfinite: NonFiniteAction,
+    /// Rollbacks allowed in one process before the run stops instead.
+    pub max_rollbacks: u32,
+}
+
+/// What happens after too many non-finite losses in a row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFiniteAction {
+    /// Reload the newest checkpoint and continue with a re-seeded data stream.
+    #[default]
+    Rollback,
+    /// Stop the run with an error (the last checkpoint stays as it is).
+    Stop,
+}
+
+/// What happens to a dataset whose loader keeps failing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoaderFailureAction {
+    /// Stop the run (with a checkpoint).
+    #[default]
+    Stop,
+    /// Drop the dataset: training goes on over the others, the mixture renormalised.
+    Drop,
 }
 
 impl Default for TrainingConfig {
@@ -268,6 +314,9 @@ impl Default for TrainingConfig {
             grad_clip: 1.0,
             loss_on_prompt: false,
             eval_examples: 64,
+            nonfinite_limit: 5,
+            on_nonfinite: NonFiniteAction::Rollback,
+            max_rollbacks: 3,
         }
     }
 }
@@ -282,6 +331,13 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// Records longer than this many bytes are treated as malformed (protects memory).
     pub max_record_bytes: usize,
+    /// Restarts of one dataset's loader allowed before `on_loader_failure` applies.
+    pub max_loader_restarts: u32,
+    /// Delay before the first restart of a failed loader; doubles at each further restart of
+    /// the same loader (capped at 30 s).
+    pub restart_backoff_ms: u64,
+    /// What happens to a dataset whose loader failed more than `max_loader_restarts` times.
+    pub on_loader_failure: LoaderFailureAction,
 }
 
 impl Default for DataConfig {
@@ -290,6 +346,9 @@ impl Default for DataConfig {
             eval_fraction: 0.05,
             prefetch: 256,
             max_record_bytes: 1 << 20,
+            max_loader_restarts: 5,
+            restart_backoff_ms: 200,
+            on_loader_failure: LoaderFailureAction::Stop,
         }
     }
 }
@@ -585,6 +644,9 @@ impl Config {
         }
         if r.log_every == 0 {
             return Err(self.invalid("runtime.log_every", "must be at least 1"));
+        }
+        if r.keep_checkpoints == 0 {
+            return Err(self.invalid("runtime.keep_checkpoints", "must be at least 1"));
         }
         if self.metrics.enabled && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(self.invalid(

@@ -49,8 +49,13 @@ pub struct LoaderArgs {
     pub seq_len: usize,
     /// The run's data seed.
     pub seed: u64,
-    /// First stream position to produce (0 for a fresh run; the checkpointed cursor on resume).
+    /// First stream position to produce (0 for a fresh run; the checkpointed cursor on resume;
+    /// `position` when the supervisor restarts a failed loader).
     pub start_at: u64,
+    /// Shared with the supervisor: the stream position of the next example to queue. Examples
+    /// already queued stay in the channel when a loader dies, so a restarted loader continues
+    /// from here and the trainer sees the stream without a gap or a repeat.
+    pub position: Arc<AtomicU64>,
     /// The sending side of the bounded queue (capacity `data.prefetch`) the trainer reads.
     pub sender: Sender<Example>,
 }
@@ -220,6 +225,10 @@ fn produce(args: &LoaderArgs, stop: &AtomicBool, progress: &Progress) -> Exit {
         if stop.load(Ordering::Relaxed) {
             return Exit::Stopped;
         }
+        if crate::faults::loader_panic(&args.dataset.name, n) {
+            // Deliberate, from MOS_FAULTS: exercises the supervisor's restart path.
+            panic!("fault injection at stream position {n}");
+        }
         let mut item = stream.example(
             &args.dataset,
             &args.tokenizer,
@@ -243,6 +252,7 @@ fn produce(args: &LoaderArgs, stop: &AtomicBool, progress: &Progress) -> Exit {
         n += 1;
         progress.produced.fetch_add(1, Ordering::Relaxed);
         progress.next_seq.store(n, Ordering::Relaxed);
+        args.position.store(n, Ordering::Release);
         examples.increment(1);
         depth.set(args.sender.len() as f64);
         if len > 0 && n.is_multiple_of(len) {

@@ -429,6 +429,7 @@ fn loader_args(
         seq_len: 24,
         seed: 11,
         start_at,
+        position: Arc::new(std::sync::atomic::AtomicU64::new(start_at)),
         sender,
     };
     (args, receiver)

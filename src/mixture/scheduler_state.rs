@@ -75,6 +75,22 @@ impl MosScheduler {
         if tau.is_nan() || tau <= 0.0 {
             return Err(MixtureError::InvalidTemperature(tau));
         }
+        Self::from_mixture(cfg, &q_tau(sizes, tau), target, seed)
+    }
+
+    /// A scheduler whose scorer starts from the mixture `p` instead of `q_tau` (used when a
+    /// resumed run's dataset list changed: the old mixture, remapped by name, is the start).
+    /// Adam moments, EMA and the update count start fresh.
+    pub fn from_mixture(
+        cfg: &SchedulerConfig,
+        p: &[f64],
+        target: Option<usize>,
+        seed: u64,
+    ) -> Result<Self, MixtureError> {
+        let n = p.len();
+        if n == 0 {
+            return Err(MixtureError::NoDatasets);
+        }
         if let Some(t) = target {
             if t >= n {
                 return Err(MixtureError::TargetOutOfRange { target: t, n });
@@ -105,7 +121,7 @@ impl MosScheduler {
             cfg.target_boost.is_finite() && cfg.target_boost > 0.0,
             "must be positive and finite",
         )?;
-        let scorer = Scorer::new(cfg.scorer, &q_tau(sizes, tau), seed)?;
+        let scorer = Scorer::new(cfg.scorer, p, seed)?;
         let adam = Adam::new(scorer.n_params());
         Ok(Self {
             reward: cfg.reward,

@@ -89,6 +89,7 @@ pub struct Trainer<B: AutodiffBackend> {
     decay: Adam<B>,
     no_decay: Adam<B>,
     no_decay_ids: Vec<ParamId>,
+    poison_next: bool,
 }
 
 /// Small side file of [`Trainer::save_state`].
@@ -115,7 +116,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             decay,
             no_decay,
             no_decay_ids,
+            poison_next: false,
         }
+    }
+
+    /// Makes the next [`Trainer::train_step`]'s loss NaN (it is multiplied by NaN on the
+    /// device), so the real non-finite path runs end to end. Fault injection for tests.
+    pub fn poison_next_step(&mut self) {
+        self.poison_next = true;
     }
 
     /// The model being trained.
@@ -161,7 +169,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = self.model.take().expect("model present");
         // `_` drops the hidden states at once: only the loss graph must survive to backward.
         let (tok, _) = masked_token_nll(&model, batch, &self.device);
-        let loss = tok.sum().div_scalar(target_tokens as f32);
+        let mut loss = tok.sum().div_scalar(target_tokens as f32);
+        if std::mem::take(&mut self.poison_next) {
+            loss = loss.mul_scalar(f32::NAN);
+        }
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
 
         let mut sumsq = SumSquares::<B> {

@@ -1,5 +1,6 @@
 //! The training loop proper, generic over the burn backend.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,14 +9,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use super::{Control, ReportGate};
-use crate::config::{Config, PplSpan, SampleUnit, Strategy};
+use super::{Control, LiveSet, ReportGate};
+use crate::checkpoint::{self, LogLengths, RunState};
+use crate::config::{Config, NonFiniteAction, PplSpan, SampleUnit, Strategy};
 use crate::data::{encode_all, probe_indices, Dataset, Example, Tokenizer};
 use crate::mixture::MixtureSampler;
 use crate::model::{LlamaConfig, TokenBatch, TrainHyper, Trainer};
 use crate::reward::{ProbeReport, RewardMsg};
 use crate::runlog::JsonlWriter;
-use crate::scheduler::{MixtureBoard, SchedulerMsg};
+use crate::scheduler::{MixtureBoard, MixtureSnapshot, SchedulerMsg, SnapshotReply};
 use crate::telemetry;
 
 /// Why the trainer stopped with an error.
@@ -30,6 +32,44 @@ pub enum TrainerError {
     /// The model could not be built or saved.
     #[error("model: {0}")]
     Model(String),
+    /// A checkpoint could not be loaded.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Too many non-finite losses in a row, and `training.on_nonfinite = "stop"` (or no
+    /// rollback is possible).
+    #[error(
+        "{streak} non-finite losses in a row up to step {step}: stopping (training.on_nonfinite)"
+    )]
+    NonFinite {
+        /// Last step.
+        step: u64,
+        /// Non-finite losses in a row.
+        streak: u64,
+    },
+    /// Too many non-finite losses in a row: the caller should restart from the newest checkpoint
+    /// (the binary does; see `Runtime::start_with`).
+    #[error("{streak} non-finite losses in a row up to step {step}: rolling back to the last checkpoint")]
+    Rollback {
+        /// Last step.
+        step: u64,
+        /// Non-finite losses in a row.
+        streak: u64,
+    },
+    /// Every dataset's loader was dropped.
+    #[error("no dataset is left to train on: every loader failed and was dropped")]
+    NoLiveDataset,
+}
+
+/// Where a resumed run continues from, prepared by the runtime.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The verified checkpoint directory.
+    pub dir: PathBuf,
+    /// Its run state (already remapped to the current dataset order).
+    pub state: RunState,
+    /// Datasets were added since the checkpoint: send a theta_0-style probe pass on the current
+    /// model so the reward actor can fill the perplexities it lacks.
+    pub needs_initial_probe: bool,
 }
 
 /// Everything the training thread needs, assembled by the runtime.
@@ -48,8 +88,15 @@ pub struct TrainerCtx {
     pub reward: Option<(ActorRef<RewardMsg>, Arc<ReportGate>)>,
     /// The scheduler actor and its gate (ticks of static strategies).
     pub scheduler: (ActorRef<SchedulerMsg>, Arc<ReportGate>),
-    /// Stop and pause requests.
+    /// Stop, pause and checkpoint requests.
     pub control: Arc<Control>,
+    /// Loader health, written by the supervisor.
+    pub live: Arc<LiveSet>,
+    /// Where to continue from (None: a fresh run).
+    pub resume: Option<Resume>,
+    /// Rollbacks this process already made; each re-seeds the dataset sampler so that the
+    /// batches that diverged are not replayed as they were.
+    pub rollbacks: u32,
 }
 
 /// What a finished run reports.
@@ -67,6 +114,10 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Steps skipped because the loss was not finite.
     pub skipped_steps: u64,
+    /// The step the run resumed from (None for a fresh start).
+    pub resumed_from: Option<u64>,
+    /// The newest checkpoint written by this run, if any.
+    pub last_checkpoint: Option<PathBuf>,
     /// Wall-clock seconds of the loop.
     pub seconds: f64,
     /// Training tokens per second over the run.
@@ -159,6 +210,16 @@ pub fn run_training<B: AutodiffBackend>(
     let model = llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device);
     let hyper = train_hyper(&cfg);
     let mut trainer = Trainer::new(model, hyper, device.clone());
+    let resumed: Option<RunState> = match &ctx.resume {
+        Some(r) => {
+            trainer
+                .load_state(&r.dir)
+                .map_err(|e| TrainerError::Checkpoint(format!("{}: {e}", r.dir.display())))?;
+            tracing::info!(step = r.state.step, dir = %r.dir.display(), "resumed from checkpoint");
+            Some(r.state.clone())
+        }
+        None => None,
+    };
 
     // Held-out sets: the first `eval_examples` eval records of each dataset, scored with the
     // training mask so eval loss and train loss measure the same tokens.
@@ -188,16 +249,35 @@ pub fn run_training<B: AutodiffBackend>(
 
     // Probe sets (MoS only), chosen with their own RNG stream from the training split.
     let mos = cfg.scheduler.strategy == Strategy::Mos;
+    let probe_seed = stream_seed(cfg.runtime.seed, "probe");
+    let probe_ids: Vec<Vec<u32>> = if mos {
+        ctx.datasets
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                // A resumed run keeps the probe sets it started with (the theta_0 perplexities
+                // belong to those examples); datasets new since the checkpoint get fresh ones.
+                match resumed.as_ref().and_then(|r| r.probe_ids.get(i)) {
+                    Some(ids) if !ids.is_empty() => ids.clone(),
+                    _ => probe_indices(d.train.len(), cfg.scheduler.probe_size, probe_seed, i),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let probe_sets = if mos {
-        let probe_seed = stream_seed(cfg.runtime.seed, "probe");
         Some(FixedSets {
             batches: ctx
                 .datasets
                 .iter()
                 .enumerate()
                 .map(|(i, d)| {
-                    let idx = probe_indices(d.train.len(), cfg.scheduler.probe_size, probe_seed, i);
-                    let recs: Vec<_> = idx.iter().map(|&j| d.train[j as usize].clone()).collect();
+                    let idx = &probe_ids[i];
+                    let recs: Vec<_> = idx
+                        .iter()
+                        .filter_map(|&j| d.train.get(j as usize).cloned())
+                        .collect();
                     let seqs: Vec<Seq> = encode_all(&ctx.tokenizer, &recs, template, seq_len)
                         .into_iter()
                         .map(|e| Seq {
@@ -218,8 +298,11 @@ pub fn run_training<B: AutodiffBackend>(
         None
     };
 
-    let mut counts = vec![0u64; n];
-    if let (Some(sets), Some((reward, gate))) = (&probe_sets, &ctx.reward) {
+    let mut counts = resumed
+        .as_ref()
+        .map_or_else(|| vec![0u64; n], |r| r.counts.clone());
+    let needs_initial = ctx.resume.as_ref().is_none_or(|r| r.needs_initial_probe);
+    if let (true, Some(sets), Some((reward, gate))) = (needs_initial, &probe_sets, &ctx.reward) {
         // theta_0 perplexities, computed once; the reward actor keeps them.
         let report = probe_report(&trainer, sets, 0, true, counts.clone());
         gate.acquire();
@@ -244,7 +327,39 @@ pub fn run_training<B: AutodiffBackend>(
 
     let mut runlog = JsonlWriter::append(&out_dir.join("run.jsonl"))
         .map_err(|e| TrainerError::Io(e.to_string()))?;
-    let mut sampler = MixtureSampler::new(stream_seed(cfg.runtime.seed, "data"));
+    let mut sampler = match &resumed {
+        Some(r) => r.sampler.clone(),
+        None => MixtureSampler::new(stream_seed(cfg.runtime.seed, "data")),
+    };
+    if ctx.rollbacks > 0 {
+        sampler = MixtureSampler::new(stream_seed(
+            cfg.runtime.seed,
+            &format!("data-rollback-{}", ctx.rollbacks),
+        ));
+        tracing::warn!(
+            rollback = ctx.rollbacks,
+            "dataset sampler re-seeded after a rollback"
+        );
+    }
+    let mut cursors: Vec<u64> = resumed
+        .as_ref()
+        .map_or_else(|| vec![0; n], |r| r.cursors.clone());
+    // The mixture the trainer samples from. It changes only at update boundaries, to the latest
+    // published one, so that when the scheduler keeps up (it normally answers within
+    // milliseconds) the run does not depend on thread timing and resumes exactly.
+    let mut active: Arc<MixtureSnapshot> = match &resumed {
+        Some(r) => Arc::new(r.active.clone()),
+        None => ctx.board.load(),
+    };
+    let mut target_version = resumed
+        .as_ref()
+        .map_or(active.version, |r| r.target_version);
+    let late_counter = metrics::counter!(telemetry::MIXTURE_LATE);
+    let mut live_note = true;
+    let mut streak = 0u64;
+    let mut last_checkpoint: Option<PathBuf> = None;
+    let mut last_checkpoint_step = resumed.as_ref().map(|r| r.step);
+    let resumed_from = resumed.as_ref().map(|r| r.step);
     let mut trace = if cfg.runtime.trace_samples {
         Some(
             JsonlWriter::append(&out_dir.join("samples.jsonl"))
@@ -262,9 +377,12 @@ pub fn run_training<B: AutodiffBackend>(
     let mut window_steps = 0u64;
     let mut window_start = Instant::now();
     let mut window_wait = 0f64;
-    let mut first_loss = f32::NAN;
+    let mut first_loss = resumed
+        .as_ref()
+        .and_then(|r| r.first_loss)
+        .unwrap_or(f32::NAN);
     let mut last_loss = f32::NAN;
-    let mut skipped = 0u64;
+    let mut skipped = resumed.as_ref().map_or(0, |r| r.skipped);
     let mut interrupted = false;
     let max_steps = cfg.runtime.max_steps;
     let mut step = trainer.step();
@@ -274,32 +392,85 @@ pub fn run_training<B: AutodiffBackend>(
             interrupted = true;
             break;
         }
+        if cfg.runtime.stop_at_step > 0 && step >= cfg.runtime.stop_at_step {
+            tracing::info!(
+                step,
+                "runtime.stop_at_step reached: stopping with a checkpoint"
+            );
+            interrupted = true;
+            break;
+        }
         if ctx.control.paused() {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         let step_started = Instant::now();
-        let snap = ctx.board.load();
+        let snap = active.clone();
         let mut seqs = Vec::with_capacity(cfg.training.batch_size);
         let mut wait = Duration::ZERO;
         let mut batch_ds = None;
         drawn.clear();
-        for _ in 0..cfg.training.batch_size {
+        // Restored if the batch cannot be completed (a stop request mid-batch), so a checkpoint
+        // taken after the stop does not skip the examples that were taken but never trained on.
+        let before_batch = (sampler.clone(), cursors.clone(), counts.clone());
+        while seqs.len() < cfg.training.batch_size {
+            // With every loader healthy (the normal case) the mixture is used as published;
+            // otherwise datasets that are down get weight 0 and the draw renormalises.
+            let weights: std::borrow::Cow<[f64]> = if ctx.live.all_live() {
+                if !live_note {
+                    tracing::info!("every dataset is live again: sampling from the full mixture");
+                    live_note = true;
+                }
+                std::borrow::Cow::Borrowed(&snap.weights)
+            } else {
+                let w: Vec<f64> = (0..n)
+                    .map(|i| {
+                        if ctx.live.is_live(i) {
+                            snap.weights[i]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                if live_note {
+                    let out: Vec<&str> = (0..n)
+                        .filter(|&i| !ctx.live.is_live(i))
+                        .map(|i| names[i].as_str())
+                        .collect();
+                    tracing::warn!(out = ?out, live = ctx.live.live_count(), "datasets out of sampling: mixture renormalised over the live ones");
+                    live_note = false;
+                }
+                std::borrow::Cow::Owned(w)
+            };
+            if !weights.iter().any(|&x| x.is_finite() && x > 0.0) {
+                if !ctx.live.any_usable() {
+                    return Err(TrainerError::NoLiveDataset);
+                }
+                // Every dataset with weight is restarting: wait for one to come back.
+                if ctx.control.stop_requested() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             let ds = match (cfg.scheduler.sample_unit, batch_ds) {
-                (SampleUnit::Batch, Some(d)) => d,
+                (SampleUnit::Batch, Some(d)) if ctx.live.is_live(d) => d,
                 _ => {
-                    let d = sampler.draw(&snap.weights);
+                    let d = sampler.draw(&weights);
                     batch_ds = Some(d);
                     d
                 }
             };
             let t0 = Instant::now();
-            let ex = match recv(&ctx.receivers[ds], &ctx.control) {
-                Some(ex) => ex,
-                None if ctx.control.stop_requested() => break,
-                None => return Err(TrainerError::LoaderGone(names[ds].clone())),
+            let ex = match recv(&ctx.receivers[ds], &ctx.control, &ctx.live, ds) {
+                Recv::Got(ex) => ex,
+                Recv::Stop => break,
+                // The loader went down while we waited: draw again among the live ones.
+                Recv::Down => continue,
+                Recv::Closed => return Err(TrainerError::LoaderGone(names[ds].clone())),
             };
             wait += t0.elapsed();
+            cursors[ds] = ex.seq + 1;
             counts[ds] += 1;
             drawn.push((ds, ex.index));
             sample_counters[ds].increment(1);
@@ -309,6 +480,7 @@ pub fn run_training<B: AutodiffBackend>(
             });
         }
         if seqs.len() < cfg.training.batch_size {
+            (sampler, cursors, counts) = before_batch;
             interrupted = true;
             break;
         }
@@ -324,6 +496,9 @@ pub fn run_training<B: AutodiffBackend>(
         window_wait += wait.as_secs_f64();
         let batch = to_batch(&seqs, pad);
         let real_tokens: u64 = seqs.iter().map(|s| s.tokens.len() as u64).sum();
+        if crate::faults::nan_loss(trainer.step() + 1) {
+            trainer.poison_next_step();
+        }
         let out = trainer.train_step(&batch);
         step = trainer.step();
         ctx.control.set_step(step);
@@ -338,9 +513,22 @@ pub fn run_training<B: AutodiffBackend>(
         }
         if !out.finite {
             skipped += 1;
+            streak += 1;
             skipped_counter.increment(1);
-            tracing::warn!(step, "non-finite loss: update skipped");
+            tracing::warn!(step, streak, "non-finite loss: update skipped");
+            let limit = cfg.training.nonfinite_limit;
+            if limit > 0 && streak >= limit {
+                let can_roll_back = cfg.training.on_nonfinite == NonFiniteAction::Rollback
+                    && last_checkpoint_step.is_some()
+                    && ctx.rollbacks < cfg.training.max_rollbacks;
+                return Err(if can_roll_back {
+                    TrainerError::Rollback { step, streak }
+                } else {
+                    TrainerError::NonFinite { step, streak }
+                });
+            }
         } else {
+            streak = 0;
             if first_loss.is_nan() {
                 first_loss = out.loss;
             }
@@ -398,12 +586,30 @@ pub fn run_training<B: AutodiffBackend>(
         }
 
         if step % cfg.scheduler.update_every == 0 && step < max_steps {
+            // Adopt the mixture of the previous report before sending this one.
+            active = adopt(
+                &ctx.board,
+                target_version,
+                &cfg,
+                &ctx.control,
+                &late_counter,
+            );
             let report_counts = std::mem::replace(&mut counts, vec![0; n]);
+            let deterministic = cfg.runtime.deterministic;
+            let admit = |gate: &ReportGate| {
+                if deterministic {
+                    gate.acquire();
+                    true
+                } else {
+                    gate.try_acquire()
+                }
+            };
             match (&probe_sets, &ctx.reward) {
                 (Some(sets), Some((reward, gate))) => {
                     // Check the gate before the probe pass: a dropped report must not cost a
                     // forward pass either.
-                    if gate.try_acquire() {
+                    if admit(gate) {
+                        target_version += 1;
                         let report = probe_report(&trainer, sets, step, false, report_counts);
                         runlog
                             .write(&RunEvent::Probe {
@@ -418,15 +624,17 @@ pub fn run_training<B: AutodiffBackend>(
                 }
                 _ => {
                     let (sched, gate) = &ctx.scheduler;
-                    if gate.try_acquire()
-                        && sched
+                    if admit(gate) {
+                        target_version += 1;
+                        if sched
                             .cast(SchedulerMsg::Tick {
                                 step,
                                 counts: report_counts,
                             })
                             .is_err()
-                    {
-                        gate.done();
+                        {
+                            gate.done();
+                        }
                     }
                 }
             }
@@ -436,16 +644,67 @@ pub fn run_training<B: AutodiffBackend>(
             let ev = evaluate(&trainer, &eval_sets, &names);
             log_eval(&mut runlog, step, ev)?;
         }
+
+        let periodic = cfg.runtime.checkpoint_every > 0
+            && step % cfg.runtime.checkpoint_every == 0
+            && step < max_steps;
+        if periodic || ctx.control.take_checkpoint_request() {
+            let state = CheckpointInputs {
+                step,
+                names: &names,
+                sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
+                sampler: &sampler,
+                counts: &counts,
+                cursors: &cursors,
+                active: &active,
+                target_version,
+                probe_ids: &probe_ids,
+                first_loss,
+                skipped,
+            };
+            if let Some(dir) = checkpoint_now(&trainer, &ctx, &cfg, &runlog, trace.as_ref(), state)
+            {
+                last_checkpoint = Some(dir);
+                last_checkpoint_step = Some(step);
+            }
+        }
     }
 
+    let already_complete = resumed_from == Some(step);
     let eval = if interrupted {
         tracing::info!(step, "stop requested: skipping the final evaluation");
+        Vec::new()
+    } else if already_complete {
+        tracing::info!(
+            step,
+            "the run is already complete (raise runtime.max_steps to train further)"
+        );
         Vec::new()
     } else {
         let ev = evaluate(&trainer, &eval_sets, &names);
         log_eval(&mut runlog, step, ev.clone())?;
         ev.0
     };
+    // A final checkpoint, on a stop request (SIGTERM) as at the normal end, so that a restart
+    // continues (or a longer max_steps extends the run) from here.
+    if last_checkpoint_step != Some(step) {
+        let state = CheckpointInputs {
+            step,
+            names: &names,
+            sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
+            sampler: &sampler,
+            counts: &counts,
+            cursors: &cursors,
+            active: &active,
+            target_version,
+            probe_ids: &probe_ids,
+            first_loss,
+            skipped,
+        };
+        if let Some(dir) = checkpoint_now(&trainer, &ctx, &cfg, &runlog, trace.as_ref(), state) {
+            last_checkpoint = Some(dir);
+        }
+    }
     let model_path = out_dir.join("model.mpk");
     trainer
         .save_model(&model_path)
@@ -459,21 +718,199 @@ pub fn run_training<B: AutodiffBackend>(
         eval,
         interrupted,
         skipped_steps: skipped,
+        resumed_from,
+        last_checkpoint,
         seconds,
         tokens_per_second: total_tokens as f64 / seconds.max(1e-9),
     })
 }
 
-/// Receives the next example, giving up when a stop is requested or the queue is closed.
-fn recv(rx: &Receiver<Example>, control: &Control) -> Option<Example> {
+/// Outcome of waiting for one example.
+enum Recv {
+    Got(Example),
+    /// A stop was requested while waiting.
+    Stop,
+    /// The dataset's loader is down (restarting or dropped) and its queue is empty.
+    Down,
+    /// The queue is closed: nothing will ever restart its loader.
+    Closed,
+}
+
+/// Receives the next example of dataset `ds`. Examples already queued by a loader that has since
+/// failed are still used; only an empty queue of a dead loader sends the trainer elsewhere.
+fn recv(rx: &Receiver<Example>, control: &Control, live: &LiveSet, ds: usize) -> Recv {
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ex) => return Some(ex),
-            Err(RecvTimeoutError::Timeout) if control.stop_requested() => return None,
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(ex) => return Recv::Got(ex),
+            Err(RecvTimeoutError::Timeout) if control.stop_requested() => return Recv::Stop,
+            Err(RecvTimeoutError::Timeout) if !live.is_live(ds) => return Recv::Down,
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Disconnected) if control.stop_requested() => return Recv::Stop,
+            Err(RecvTimeoutError::Disconnected) => return Recv::Closed,
         }
     }
+}
+
+/// The mixture to sample from after an update boundary: the latest published one. In
+/// deterministic mode, first wait until it includes every report sent before this boundary.
+fn adopt(
+    board: &MixtureBoard,
+    target_version: u64,
+    cfg: &Config,
+    control: &Control,
+    late: &metrics::Counter,
+) -> Arc<MixtureSnapshot> {
+    let snap = board.load();
+    if snap.version >= target_version {
+        return snap;
+    }
+    if !cfg.runtime.deterministic {
+        late.increment(1);
+        tracing::debug!(
+            have = snap.version,
+            want = target_version,
+            "scheduler behind: keeping the older mixture"
+        );
+        return snap;
+    }
+    loop {
+        // The scheduler publishes within milliseconds; polling keeps this thread free of any
+        // async machinery and re-checks the stop flag.
+        std::thread::sleep(Duration::from_millis(1));
+        let snap = board.load();
+        if snap.version >= target_version || control.stop_requested() {
+            return snap;
+        }
+    }
+}
+
+/// The trainer-side values a checkpoint records.
+struct CheckpointInputs<'a> {
+    step: u64,
+    names: &'a [String],
+    sizes: Vec<u64>,
+    sampler: &'a MixtureSampler,
+    counts: &'a [u64],
+    cursors: &'a [u64],
+    active: &'a Arc<MixtureSnapshot>,
+    target_version: u64,
+    probe_ids: &'a [Vec<u32>],
+    first_loss: f32,
+    skipped: u64,
+}
+
+/// How long the trainer waits for the actors' part of a checkpoint before skipping it.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes a checkpoint; on failure logs, counts and returns None (training goes on, and the
+/// previous checkpoint stays the newest complete one).
+fn checkpoint_now<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    ctx: &TrainerCtx,
+    cfg: &Config,
+    runlog: &JsonlWriter,
+    trace: Option<&JsonlWriter>,
+    inputs: CheckpointInputs<'_>,
+) -> Option<PathBuf> {
+    let t0 = Instant::now();
+    match write_checkpoint(trainer, ctx, cfg, runlog, trace, inputs) {
+        Ok(dir) => {
+            let secs = t0.elapsed().as_secs_f64();
+            metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(secs);
+            metrics::counter!(telemetry::CHECKPOINTS_WRITTEN).increment(1);
+            tracing::info!(dir = %dir.display(), seconds = secs, "checkpoint written");
+            Some(dir)
+        }
+        Err(e) => {
+            metrics::counter!(telemetry::CHECKPOINT_FAILURES).increment(1);
+            tracing::error!(error = %e, "checkpoint failed; the previous one stays the newest");
+            None
+        }
+    }
+}
+
+fn write_checkpoint<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    ctx: &TrainerCtx,
+    cfg: &Config,
+    runlog: &JsonlWriter,
+    trace: Option<&JsonlWriter>,
+    c: CheckpointInputs<'_>,
+) -> Result<PathBuf, TrainerError> {
+    // The actors' part first: the request travels behind every report already sent, so the
+    // state it captures matches the trainer's state at this step.
+    let (tx, rx) = crossbeam_channel::bounded::<SnapshotReply>(1);
+    let sent = match &ctx.reward {
+        Some((reward, gate)) => {
+            gate.acquire();
+            let r = reward.cast(RewardMsg::Snapshot(tx));
+            if r.is_err() {
+                gate.done();
+            }
+            r.is_ok()
+        }
+        None => {
+            let (sched, gate) = &ctx.scheduler;
+            gate.acquire();
+            let r = sched.cast(SchedulerMsg::Snapshot {
+                estimator: None,
+                initial_ppl: None,
+                reply: tx,
+            });
+            if r.is_err() {
+                gate.done();
+            }
+            r.is_ok()
+        }
+    };
+    if !sent {
+        return Err(TrainerError::Checkpoint(
+            "the scheduler is not running; its state cannot be saved".into(),
+        ));
+    }
+    let actors = rx.recv_timeout(SNAPSHOT_TIMEOUT).map_err(|_| {
+        TrainerError::Checkpoint(format!(
+            "the scheduler did not answer within {}s",
+            SNAPSHOT_TIMEOUT.as_secs()
+        ))
+    })?;
+    let io = |e: &dyn std::fmt::Display| TrainerError::Checkpoint(e.to_string());
+    let writer = checkpoint::Writer::begin(&cfg.runtime.output_dir, c.step).map_err(|e| io(&e))?;
+    trainer
+        .save_state(writer.dir())
+        .map_err(|e| TrainerError::Checkpoint(e.to_string()))?;
+    let run = RunState {
+        step: c.step,
+        names: c.names.to_vec(),
+        sizes: c.sizes,
+        model: llama_config(cfg, &ctx.tokenizer),
+        sampler: c.sampler.clone(),
+        counts: c.counts.to_vec(),
+        cursors: c.cursors.to_vec(),
+        active: (**c.active).clone(),
+        target_version: c.target_version,
+        probe_ids: c.probe_ids.to_vec(),
+        logs: LogLengths {
+            run: runlog.len().map_err(|e| io(&e))?,
+            samples: trace.map(|t| t.len()).transpose().map_err(|e| io(&e))?,
+            mixture: actors.mixture_log_len,
+        },
+        first_loss: c.first_loss.is_finite().then_some(c.first_loss),
+        skipped: c.skipped,
+    };
+    writer
+        .write_json(checkpoint::RUN_STATE, &run)
+        .map_err(|e| io(&e))?;
+    writer
+        .write_json(checkpoint::ACTOR_STATE, &actors.state)
+        .map_err(|e| io(&e))?;
+    let resolved = toml::to_string_pretty(cfg).map_err(|e| io(&e))?;
+    writer
+        .write_bytes(checkpoint::CONFIG, resolved.as_bytes())
+        .map_err(|e| io(&e))?;
+    writer
+        .commit(cfg.runtime.keep_checkpoints)
+        .map_err(|e| io(&e))
 }
 
 fn chunk(seqs: Vec<Seq>, size: usize, pad: u32) -> Vec<TokenBatch> {

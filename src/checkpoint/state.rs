@@ -1,0 +1,135 @@
+//! What a checkpoint records besides the trainer's tensors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mixture::{MixtureSampler, MosScheduler};
+use crate::model::LlamaConfig;
+use crate::scheduler::MixtureSnapshot;
+
+/// Byte lengths of the run's append-only logs when the checkpoint was taken. On resume each log
+/// is cut back to this length, so the logs describe the resumed trajectory and never mix in lines
+/// from the abandoned tail of a killed run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLengths {
+    /// `run.jsonl`.
+    pub run: u64,
+    /// `samples.jsonl` (when sample tracing is on).
+    pub samples: Option<u64>,
+    /// `mixture.jsonl`.
+    pub mixture: u64,
+}
+
+/// The trainer's side of the run: everything besides weights and optimiser moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Optimiser steps completed.
+    pub step: u64,
+    /// Dataset names, in config order.
+    pub names: Vec<String>,
+    /// Training-split sizes, in config order (a changed size means changed data).
+    pub sizes: Vec<u64>,
+    /// The model shape.
+    pub model: LlamaConfig,
+    /// The dataset-choice RNG.
+    pub sampler: MixtureSampler,
+    /// Examples drawn per dataset since the last report.
+    pub counts: Vec<u64>,
+    /// Per dataset, the stream position of the next example the trainer will consume.
+    pub cursors: Vec<u64>,
+    /// The mixture the trainer was sampling from.
+    pub active: MixtureSnapshot,
+    /// Mixture version the next adoption expects (reports sent so far).
+    pub target_version: u64,
+    /// Per dataset, the train-record indices of its probe set (MoS).
+    pub probe_ids: Vec<Vec<u32>>,
+    /// Log lengths at the checkpoint.
+    pub logs: LogLengths,
+    /// Loss of the run's first step (for the final summary).
+    pub first_loss: Option<f32>,
+    /// Steps skipped so far for a non-finite loss.
+    pub skipped: u64,
+}
+
+/// The scheduler's and the reward actor's side, captured in mailbox order after every report the
+/// trainer sent before the checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorState {
+    /// The scheduler's MoS state (scorer, Adam moments, update count); None for static mixtures.
+    pub scheduler: Option<MosScheduler>,
+    /// The reward actor's estimator (its EMA state); None for static mixtures.
+    pub estimator: Option<MosScheduler>,
+    /// exp(NLL) of every probe example under theta_0.
+    pub initial_ppl: Option<Vec<Vec<f64>>>,
+    /// The latest published mixture.
+    pub latest: MixtureSnapshot,
+}
+
+/// Keys whose values differ between two resolved configs (TOML text), as `key: old -> new`
+/// lines, in key order. Used to say what changed since a checkpoint.
+pub fn diff_configs(old: &str, new: &str) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (old.parse::<toml::Table>(), new.parse::<toml::Table>()) else {
+        return vec!["(the stored config could not be parsed)".to_string()];
+    };
+    let mut fa = Vec::new();
+    let mut fb = Vec::new();
+    flatten("", &toml::Value::Table(a), &mut fa);
+    flatten("", &toml::Value::Table(b), &mut fb);
+    let ma: std::collections::BTreeMap<_, _> = fa.into_iter().collect();
+    let mb: std::collections::BTreeMap<_, _> = fb.into_iter().collect();
+    let mut keys: Vec<&String> = ma.keys().chain(mb.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (ma.get(k), mb.get(k));
+            (x != y).then(|| {
+                format!(
+                    "{k}: {} -> {}",
+                    x.map_or("(unset)".into(), |v| v.to_string()),
+                    y.map_or("(unset)".into(), |v| v.to_string())
+                )
+            })
+        })
+        .collect()
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_diff_names_changed_keys() {
+        let a = "[training]\nlr = 0.01\nbatch_size = 4\n[[datasets]]\nname = \"a\"\n";
+        let b = "[training]\nlr = 0.02\nbatch_size = 4\n[[datasets]]\nname = \"b\"\n";
+        let d = diff_configs(a, b);
+        assert_eq!(
+            d,
+            vec![
+                "datasets[0].name: \"a\" -> \"b\"".to_string(),
+                "training.lr: 0.01 -> 0.02".to_string()
+            ]
+        );
+        assert!(diff_configs(a, a).is_empty());
+    }
+}
