@@ -539,3 +539,31 @@ fn start_up_checks_refuse_before_any_training() {
         eprintln!("skipping the full-disk check: cannot mount a small tmpfs here (needs root)");
     }
 }
+
+#[test]
+fn the_handle_writes_a_checkpoint_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let mut cfg = load_tiny(dir.path(), "handle", 1_000_000, "");
+    cfg.runtime.checkpoint_every = 0;
+    let out = cfg.runtime.output_dir.clone();
+    tokio_rt().block_on(async {
+        let h = mos_runtime::runtime::Runtime::start(cfg).await.unwrap();
+        while h.step() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(mos_runtime::checkpoint::list(&out).is_empty());
+        h.checkpoint();
+        let t0 = Instant::now();
+        while mos_runtime::checkpoint::list(&out).is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no checkpoint");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_, m) = mos_runtime::checkpoint::latest_valid(&out).unwrap();
+        assert!(m.step >= 3);
+        h.stop();
+        let summary = h.wait().await.unwrap();
+        assert!(summary.interrupted);
+        assert!(summary.last_checkpoint.is_some());
+    });
+}

@@ -173,4 +173,7 @@ fn sigterm_finishes_the_step_writes_outputs_and_exits_zero() {
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(out.join("model.mpk").exists(), "{err}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("stopped on request"));
+    // The stop wrote a complete checkpoint at the step it stopped on.
+    let (_, manifest) = mos_runtime::checkpoint::latest_valid(&out).expect("a checkpoint");
+    assert!(manifest.step >= 5, "{err}");
 }
