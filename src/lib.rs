@@ -6,6 +6,8 @@
 //! [`runtime::RuntimeHandle`]; [`mixture`] is the scheduler's pure maths; ARCHITECTURE.md in the
 //! repository maps the modules and states their invariants.
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;

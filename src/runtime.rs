@@ -25,8 +25,14 @@ use crate::scheduler::{
     StartRecord, Strategy,
 };
 use crate::trainer::{
-    run_training, Control, LiveSet, ReportGate, Resume, RunSummary, TrainerCtx, TrainerError,
+    run_training, run_with_learner, Control, Learner, LiveSet, ReportGate, Resume, RunSummary,
+    TrainerCtx, TrainerError,
 };
+
+/// Builds a host-supplied [`Learner`] on the trainer thread, from the config and the tokenizer
+/// (whose vocabulary the token ids come from). An error message stops the start-up.
+pub type LearnerFactory =
+    Box<dyn FnOnce(&Config, &Tokenizer) -> Result<Box<dyn Learner>, String> + Send>;
 
 /// Everything that can stop the runtime from starting or finishing.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +174,29 @@ impl Runtime {
         p: Prepared,
         opts: StartOptions,
     ) -> Result<RuntimeHandle, RuntimeError> {
+        Self::start_inner(p, opts, None).await
+    }
+
+    /// As [`Runtime::start_with`], training the host's own model: `factory` runs on the
+    /// trainer's OS thread (where every [`Learner`] call will run) and returns the learner. The
+    /// loaders, reward actor, MoS scheduler, checkpoints and handle work as with the built-in
+    /// burn model; `[model]` settings are only used to size the tokenizer-derived checks.
+    pub async fn start_with_learner(
+        cfg: Config,
+        opts: StartOptions,
+        factory: LearnerFactory,
+    ) -> Result<RuntimeHandle, RuntimeError> {
+        let prepared = tokio::task::spawn_blocking(move || prepare(cfg))
+            .await
+            .map_err(|e| RuntimeError::Spawn(e.to_string()))??;
+        Self::start_inner(prepared, opts, Some(factory)).await
+    }
+
+    async fn start_inner(
+        p: Prepared,
+        opts: StartOptions,
+        factory: Option<LearnerFactory>,
+    ) -> Result<RuntimeHandle, RuntimeError> {
         let cfg = p.cfg.clone();
         if cfg.runtime.backend == Backend::Cuda && !cfg!(feature = "cuda") {
             return Err(RuntimeError::BackendUnavailable(Backend::Cuda));
@@ -293,7 +322,13 @@ impl Runtime {
         let device_index = cfg.runtime.device;
         let trainer = std::thread::Builder::new()
             .name("mos-trainer".to_string())
-            .spawn(move || run_on_backend(ctx, backend, device_index))
+            .spawn(move || match factory {
+                Some(f) => {
+                    let learner = f(&ctx.cfg, &ctx.tokenizer).map_err(TrainerError::Model)?;
+                    run_with_learner(ctx, learner)
+                }
+                None => run_on_backend(ctx, backend, device_index),
+            })
             .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
         Ok(RuntimeHandle {
             board,

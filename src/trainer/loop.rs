@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ractor::ActorRef;
 use serde::Serialize;
 
-use super::{Control, LiveSet, ReportGate};
+use super::{Control, Learner, LiveSet, ReportGate};
 use crate::checkpoint::{self, LogLengths, RunState};
 use crate::config::{Config, NonFiniteAction, PplSpan, SampleUnit, Strategy};
 use crate::data::{encode_all, probe_indices, Dataset, Example, Tokenizer};
@@ -190,10 +190,27 @@ pub fn stream_seed(seed: u64, stream: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(stream.as_bytes(), seed)
 }
 
-/// Runs the whole training loop on the calling thread (the trainer's dedicated OS thread).
+/// Runs the whole training loop with the built-in burn Llama on `device`, on the calling thread
+/// (the trainer's dedicated OS thread).
 pub fn run_training<B: AutodiffBackend>(
     ctx: TrainerCtx,
     device: B::Device,
+) -> Result<RunSummary, TrainerError> {
+    let cfg = ctx.cfg.clone();
+    B::seed(&device, cfg.runtime.seed);
+    let llama = llama_config(&cfg, &ctx.tokenizer);
+    // Host-seeded initialisation: the same weights on every backend, independent of burn's
+    // process-global RNG.
+    let model = llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device);
+    let hyper = train_hyper(&cfg);
+    run_with_learner(ctx, Trainer::new(model, hyper, device))
+}
+
+/// Runs the whole training loop with any [`Learner`] on the calling thread: the built-in burn
+/// trainer or a host's own model.
+pub fn run_with_learner<L: Learner>(
+    ctx: TrainerCtx,
+    mut trainer: L,
 ) -> Result<RunSummary, TrainerError> {
     let cfg = ctx.cfg.clone();
     let n = ctx.datasets.len();
@@ -202,14 +219,6 @@ pub fn run_training<B: AutodiffBackend>(
     let pad = ctx.tokenizer.pad_id();
     let template = cfg.model.chat_template;
     let out_dir = cfg.runtime.output_dir.clone();
-
-    B::seed(&device, cfg.runtime.seed);
-    let llama = llama_config(&cfg, &ctx.tokenizer);
-    // Host-seeded initialisation: the same weights on every backend, independent of burn's
-    // process-global RNG.
-    let model = llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device);
-    let hyper = train_hyper(&cfg);
-    let mut trainer = Trainer::new(model, hyper, device.clone());
     let resumed: Option<RunState> = match &ctx.resume {
         Some(r) => {
             trainer
@@ -544,7 +553,7 @@ pub fn run_training<B: AutodiffBackend>(
         let step_secs = step_started.elapsed().as_secs_f64();
         step_hist.record(step_secs);
 
-        if step % cfg.runtime.log_every == 0 || step == max_steps {
+        if step.is_multiple_of(cfg.runtime.log_every) || step == max_steps {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             let loss = if window_steps > 0 {
                 (window_loss / window_steps as f64) as f32
@@ -585,7 +594,7 @@ pub fn run_training<B: AutodiffBackend>(
             window_start = Instant::now();
         }
 
-        if step % cfg.scheduler.update_every == 0 && step < max_steps {
+        if step.is_multiple_of(cfg.scheduler.update_every) && step < max_steps {
             // Adopt the mixture of the previous report before sending this one.
             active = adopt(
                 &ctx.board,
@@ -640,13 +649,16 @@ pub fn run_training<B: AutodiffBackend>(
             }
         }
 
-        if cfg.runtime.eval_every > 0 && step % cfg.runtime.eval_every == 0 && step < max_steps {
+        if cfg.runtime.eval_every > 0
+            && step.is_multiple_of(cfg.runtime.eval_every)
+            && step < max_steps
+        {
             let ev = evaluate(&trainer, &eval_sets, &names);
             log_eval(&mut runlog, step, ev)?;
         }
 
         let periodic = cfg.runtime.checkpoint_every > 0
-            && step % cfg.runtime.checkpoint_every == 0
+            && step.is_multiple_of(cfg.runtime.checkpoint_every)
             && step < max_steps;
         if periodic || ctx.control.take_checkpoint_request() {
             let state = CheckpointInputs {
@@ -707,7 +719,7 @@ pub fn run_training<B: AutodiffBackend>(
     }
     let model_path = out_dir.join("model.mpk");
     trainer
-        .save_model(&model_path)
+        .save_weights(&model_path)
         .map_err(|e| TrainerError::Model(e.to_string()))?;
     tracing::info!(path = %model_path.display(), "model weights written");
     let seconds = started.elapsed().as_secs_f64();
@@ -804,8 +816,8 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes a checkpoint; on failure logs, counts and returns None (training goes on, and the
 /// previous checkpoint stays the newest complete one).
-fn checkpoint_now<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+fn checkpoint_now<L: Learner>(
+    trainer: &L,
     ctx: &TrainerCtx,
     cfg: &Config,
     runlog: &JsonlWriter,
@@ -829,8 +841,8 @@ fn checkpoint_now<B: AutodiffBackend>(
     }
 }
 
-fn write_checkpoint<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+fn write_checkpoint<L: Learner>(
+    trainer: &L,
     ctx: &TrainerCtx,
     cfg: &Config,
     runlog: &JsonlWriter,
@@ -917,8 +929,8 @@ fn chunk(seqs: Vec<Seq>, size: usize, pad: u32) -> Vec<TokenBatch> {
     seqs.chunks(size.max(1)).map(|c| to_batch(c, pad)).collect()
 }
 
-fn probe_report<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+fn probe_report<L: Learner>(
+    trainer: &L,
     sets: &FixedSets,
     step: u64,
     initial: bool,
@@ -950,8 +962,8 @@ fn probe_report<B: AutodiffBackend>(
     }
 }
 
-fn evaluate<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+fn evaluate<L: Learner>(
+    trainer: &L,
     sets: &FixedSets,
     names: &[String],
 ) -> (Vec<(String, f64)>, f64) {

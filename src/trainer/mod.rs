@@ -11,12 +11,16 @@
 //! logging (reports go through [`ReportGate`], which drops and counts instead of queueing without
 //! bound); burn code runs only on this thread.
 
+mod learner;
 mod r#loop;
+mod unigram;
 
+pub use learner::Learner;
 pub use r#loop::{
-    llama_config, run_training, stream_seed, train_hyper, Resume, RunSummary, TrainerCtx,
-    TrainerError,
+    llama_config, run_training, run_with_learner, stream_seed, train_hyper, Resume, RunSummary,
+    TrainerCtx, TrainerError,
 };
+pub use unigram::UnigramLearner;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 

@@ -1,0 +1,105 @@
+//! The seam between the training loop and the model: [`Learner`].
+//!
+//! The loop (batching from the mixture, probe reports, evaluation, checkpoints, signals) only
+//! needs a handful of operations from whatever holds the weights. The built-in burn
+//! [`Trainer`](crate::model::Trainer) implements them; a host that brings its own model (another
+//! framework behind FFI, a remote worker, a toy for tests) implements them too and keeps the
+//! loaders, the reward actor, the MoS scheduler and the checkpoints. Start it with
+//! [`Runtime::start_with_learner`](crate::runtime::Runtime::start_with_learner).
+//!
+//! Guarantees the loop gives an implementation: every method is called on the trainer's own OS
+//! thread (never on a tokio worker), in program order; `train_step` is called exactly once per
+//! optimiser step; `save_state` and `load_state` get a directory of their own inside a checkpoint
+//! that is sealed (checksummed, renamed into place) only after `save_state` returns.
+
+use std::path::Path;
+
+use crate::model::{ModelError, ProbeStats, StepOutput, TokenBatch};
+
+/// What the training loop needs from a model and its optimiser.
+pub trait Learner {
+    /// Optimiser steps taken so far (restored by [`Learner::load_state`]). The loop runs until
+    /// this reaches `runtime.max_steps`.
+    fn step(&self) -> u64;
+
+    /// One optimiser step on `batch` (token ids and the loss mask, padded). Must advance
+    /// [`Learner::step`] by one, even when the update is skipped for a non-finite loss (report
+    /// that with `finite: false`).
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput;
+
+    /// Mean NLL of each example over its target tokens, without updating anything.
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64>;
+
+    /// Probe statistics for the MoS rewards: per-example mean NLL (DIFF) and a pooled embedding
+    /// per example (COSSIM; any fixed-width representation of the example under the model).
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats;
+
+    /// Writes everything needed to continue exactly (weights, optimiser moments, step) into
+    /// `dir`, which exists and is empty.
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError>;
+
+    /// Restores what [`Learner::save_state`] wrote.
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError>;
+
+    /// Writes the weights alone to `path` (the run's final `model.mpk`, or the learner's own
+    /// format under that name).
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError>;
+
+    /// Fault injection (`MOS_FAULTS=nan_loss=...`): make the next step's loss non-finite. The
+    /// default does nothing, so the fault is simply not injected for learners without it.
+    fn poison_next_step(&mut self) {}
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Trainer<B> {
+    fn step(&self) -> u64 {
+        crate::model::Trainer::step(self)
+    }
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        crate::model::Trainer::train_step(self, batch)
+    }
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        crate::model::Trainer::eval_nll(self, batch)
+    }
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        crate::model::Trainer::probe(self, batch)
+    }
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        crate::model::Trainer::save_state(self, dir)
+    }
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        crate::model::Trainer::load_state(self, dir)
+    }
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
+        self.save_model(path)
+    }
+    fn poison_next_step(&mut self) {
+        crate::model::Trainer::poison_next_step(self)
+    }
+}
+
+impl<L: Learner + ?Sized> Learner for Box<L> {
+    fn step(&self) -> u64 {
+        (**self).step()
+    }
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        (**self).train_step(batch)
+    }
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        (**self).eval_nll(batch)
+    }
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        (**self).probe(batch)
+    }
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        (**self).save_state(dir)
+    }
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        (**self).load_state(dir)
+    }
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
+        (**self).save_weights(path)
+    }
+    fn poison_next_step(&mut self) {
+        (**self).poison_next_step()
+    }
+}
