@@ -76,9 +76,11 @@ pub struct Prepared {
 
 /// Loads the tokenizer and every dataset, and computes the starting mixture. Blocking I/O: call it
 /// from a blocking context (or `spawn_blocking`).
-pub fn prepare(cfg: Config) -> Result<Prepared, RuntimeError> {
+pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
     cfg.validate()?;
     let tokenizer = Arc::new(Tokenizer::from_config(&cfg.model)?);
+    // `chat_template = "auto"` becomes concrete here, so the run and config.resolved.toml agree.
+    cfg.model.chat_template = cfg.model.chat_template.resolve(&tokenizer);
     let mut datasets = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         datasets.push(Arc::new(load_dataset(d, &cfg.data, cfg.runtime.seed)?));

@@ -156,7 +156,11 @@ pub fn run_training<B: AutodiffBackend>(
     let llama = llama_config(&cfg, &ctx.tokenizer);
     // Host-seeded initialisation: the same weights on every backend, independent of burn's
     // process-global RNG.
-    let model = llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device);
+    let model = match &cfg.model.pretrained {
+        Some(path) => crate::model::load_for_training::<B>(path, seq_len, &ctx.tokenizer, &device)
+            .map_err(|e| TrainerError::Model(e.to_string()))?,
+        None => llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device),
+    };
     let hyper = train_hyper(&cfg);
     let mut trainer = Trainer::new(model, hyper, device.clone());
 
@@ -451,6 +455,10 @@ pub fn run_training<B: AutodiffBackend>(
         .save_model(&model_path)
         .map_err(|e| TrainerError::Model(e.to_string()))?;
     tracing::info!(path = %model_path.display(), "model weights written");
+    if cfg.runtime.export_hf {
+        crate::model::export::export_run(trainer.model(), &ctx.tokenizer, &out_dir)
+            .map_err(|e| TrainerError::Model(e.to_string()))?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     Ok(RunSummary {
         steps: step,
