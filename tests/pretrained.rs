@@ -77,3 +77,165 @@ fn smollm2_gguf_says_paris() {
     );
     assert_eq!(tok.decode(&[7042], false).unwrap(), " Paris");
 }
+
+/// `max |a - b| / max |b|` over all entries.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| f64::from(y.abs())).fold(0.0, f64::max);
+    diff / scale.max(1e-30)
+}
+
+struct Reference {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(repo("tests/fixtures/tiny-llama/reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = v["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let logits = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    Reference { ids, logits }
+}
+
+#[test]
+fn hf_directory_matches_transformers_logits() {
+    let dir = repo("tests/fixtures/tiny-llama");
+    let model = load_pretrained::<CpuBackend>(&dir, 64, &Default::default()).unwrap();
+    let c = model.config();
+    assert_eq!((c.n_heads, c.n_kv_heads, c.rope_theta), (4, 2, 5000.0));
+    assert!(!c.tie_embeddings && model.lm_head.is_some());
+    let r = reference();
+    let (vocab, ours) = logits(&model, &r.ids);
+    assert_eq!(vocab, 300);
+    let err = rel_err(&ours, &r.logits);
+    assert!(err < 1e-4, "relative error {err:e} vs transformers");
+    // The tokenizer of the directory loads too.
+    let tok = pretrained_tokenizer(&dir).unwrap();
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
+}
+
+/// Exports `model` to a temp dir and returns it.
+fn export(model: &Llama<CpuBackend>, tok: &tokenizers::Tokenizer) -> tempfile::TempDir {
+    use mos_runtime::model::export::{export_hf_dir, ExportTokenizer};
+    let out = tempfile::tempdir().unwrap();
+    let t = ExportTokenizer {
+        hf: Some(tok),
+        bos: 0,
+        eos: 0,
+    };
+    export_hf_dir(model, t, out.path()).unwrap();
+    out
+}
+
+#[test]
+fn export_round_trip_gives_identical_logits() {
+    let dir = repo("tests/fixtures/tiny-llama");
+    let model = load_pretrained::<CpuBackend>(&dir, 64, &Default::default()).unwrap();
+    let tok = pretrained_tokenizer(&dir).unwrap();
+    let out = export(&model, &tok);
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(out.path().join(f).is_file(), "{f} missing");
+    }
+    let back = load_pretrained::<CpuBackend>(out.path(), 64, &Default::default()).unwrap();
+    assert_eq!(back.config(), model.config());
+    let r = reference();
+    let (_, a) = logits(&model, &r.ids);
+    let (_, b) = logits(&back, &r.ids);
+    assert_eq!(a, b, "exported weights differ");
+
+    // A tied model (SmolLM2's layout) round-trips too: no lm_head tensor is written.
+    let tied = mos_runtime::model::LlamaConfig {
+        tie_embeddings: true,
+        ..model.config().clone()
+    }
+    .init_seeded::<CpuBackend>(7, &Default::default());
+    let out = export(&tied, &tok);
+    let back = load_pretrained::<CpuBackend>(out.path(), 64, &Default::default()).unwrap();
+    assert!(back.lm_head.is_none());
+    assert_eq!(logits(&tied, &r.ids).1, logits(&back, &r.ids).1);
+}
+
+/// The Python interpreter with torch + transformers: `MOS_PYTHON`, else `python3`, if it can
+/// import both.
+fn python_with_transformers() -> Option<String> {
+    let py = std::env::var("MOS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn export_loads_in_transformers_with_the_same_logits() {
+    let Some(py) = python_with_transformers() else {
+        eprintln!(
+            "SKIPPED export_loads_in_transformers_with_the_same_logits: no Python with torch and \
+             transformers (set MOS_PYTHON to an interpreter that has them)"
+        );
+        return;
+    };
+    let dir = repo("tests/fixtures/tiny-llama");
+    let tok = pretrained_tokenizer(&dir).unwrap();
+    let r = reference();
+    // A tied model that never came from transformers: only our exporter wrote these files.
+    let model = mos_runtime::model::LlamaConfig {
+        vocab_size: 300,
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        ffn_hidden: 96,
+        max_seq_len: 64,
+        rope_theta: 2500.0,
+        norm_eps: 1e-6,
+        tie_embeddings: true,
+    }
+    .init_seeded::<CpuBackend>(11, &Default::default());
+    let out = export(&model, &tok);
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(repo("scripts/hf_logits.py")).arg(out.path());
+    cmd.args(r.ids.iter().map(|i| i.to_string()));
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "transformers failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let theirs: Vec<f32> = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let (_, ours) = logits(&model, &r.ids);
+    let err = rel_err(&ours, &theirs);
+    assert!(err < 1e-4, "relative error {err:e} vs transformers");
+}

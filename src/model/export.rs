@@ -133,8 +133,9 @@ pub fn hf_config_json<B: Backend>(model: &Llama<B>, bos: u32, eos: u32) -> serde
         "head_dim": c.head_dim(),
         "vocab_size": c.vocab_size,
         "rms_norm_eps": c.norm_eps,
+        // transformers 4 reads the top-level `rope_theta`, transformers 5 `rope_parameters`.
         "rope_theta": c.rope_theta,
-        "rope_scaling": null,
+        "rope_parameters": { "rope_type": "default", "rope_theta": c.rope_theta },
         "tie_word_embeddings": c.tie_embeddings,
         "max_position_embeddings": c.max_seq_len,
         "hidden_act": "silu",

@@ -366,8 +366,10 @@ pub(crate) struct HfConfig {
     pub vocab_size: usize,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
+    /// transformers 4 writes `rope_theta` at the top level ...
+    pub rope_theta: Option<f64>,
+    /// ... transformers 5 inside `rope_parameters` (with `rope_type`).
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     pub head_dim: Option<usize>,
@@ -383,9 +385,8 @@ fn default_rms_eps() -> f64 {
     1e-6
 }
 
-fn default_rope_theta() -> f64 {
-    10000.0
-}
+/// Llama's RoPE base when a config names none.
+const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 impl HfConfig {
     fn to_llama(&self, dir: &Path, max_seq_len: usize) -> Result<LlamaConfig, LoadError> {
@@ -417,9 +418,35 @@ impl HfConfig {
                 "biased projections are not supported".into(),
             ));
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(key("rope_scaling", "RoPE scaling is not supported".into()));
+        // Only the default rotary embedding is implemented: a `rope_type` other than
+        // "default" (linear, dynamic, llama3, yarn...) changes the angles and is refused.
+        for (name, v) in [
+            ("rope_scaling", &self.rope_scaling),
+            ("rope_parameters", &self.rope_parameters),
+        ] {
+            let Some(v) = v.as_ref().filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let kind = v.get("rope_type").or_else(|| v.get("type"));
+            match kind.and_then(|k| k.as_str()) {
+                None if name == "rope_parameters" => {}
+                Some("default") => {}
+                _ => return Err(key(name, format!("RoPE scaling {v} is not supported"))),
+            }
         }
+        let nested_theta = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|v| v.get("rope_theta"))
+            .map(|t| {
+                t.as_f64()
+                    .ok_or_else(|| key("rope_parameters.rope_theta", "must be a number".into()))
+            })
+            .transpose()?;
+        let rope_theta = self
+            .rope_theta
+            .or(nested_theta)
+            .unwrap_or(DEFAULT_ROPE_THETA);
         let cfg = LlamaConfig {
             vocab_size: self.vocab_size,
             d_model: self.hidden_size,
@@ -428,7 +455,7 @@ impl HfConfig {
             n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             ffn_hidden: self.intermediate_size,
             max_seq_len,
-            rope_theta: self.rope_theta as f32,
+            rope_theta: rope_theta as f32,
             norm_eps: self.rms_norm_eps,
             tie_embeddings: self.tie_word_embeddings,
         };
