@@ -154,7 +154,12 @@ fn check(cfg: Config) -> Result<(), Failure> {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let p = prepare(cfg).map_err(classify)?;
-    let llama = mos_runtime::trainer::llama_config(&p.cfg, &p.tokenizer);
+    let llama = match &p.cfg.model.pretrained {
+        // The shape of a checkpoint comes from its own metadata; reading it also checks it.
+        Some(path) => mos_runtime::model::pretrained_config(path, p.cfg.training.seq_len)
+            .map_err(input_error)?,
+        None => mos_runtime::trainer::llama_config(&p.cfg, &p.tokenizer),
+    };
     println!("config {source}: OK");
     println!(
         "strategy {:?}, backend {}, {} steps, batch {} x seq {}",
