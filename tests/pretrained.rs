@@ -1,6 +1,8 @@
 //! Pretrained checkpoints: SmolLM2 through our GGUF loader and rebuilt tokenizer (gated on the
 //! fetched model), parity of the Hugging Face loader with `transformers` on a committed tiny
-//! checkpoint, and export round trips.
+//! checkpoint, export round trips, and a fine-tuning run that starts from a checkpoint.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -238,4 +240,47 @@ fn export_loads_in_transformers_with_the_same_logits() {
     let (_, ours) = logits(&model, &r.ids);
     let err = rel_err(&ours, &theirs);
     assert!(err < 1e-4, "relative error {err:e} vs transformers");
+}
+
+#[test]
+fn fine_tuning_a_checkpoint_trains_and_exports_what_it_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_corpus(dir.path());
+    let mut cfg = common::load_tiny(dir.path(), "run", 20, "");
+    cfg.model.pretrained = Some(repo("tests/fixtures/tiny-llama"));
+    cfg.runtime.export_hf = true;
+    cfg.training.lr = 3e-3;
+    let summary = common::tokio_rt().block_on(async {
+        let h = mos_runtime::runtime::Runtime::start(cfg).await.unwrap();
+        h.wait().await.unwrap()
+    });
+    assert_eq!(summary.steps, 20);
+    assert!(
+        summary.last_loss < summary.first_loss,
+        "loss {} -> {}",
+        summary.first_loss,
+        summary.last_loss
+    );
+    let out = dir.path().join("run");
+    // The tiny tokenizer has the ChatML markers, so `auto` became ChatML.
+    let resolved = std::fs::read_to_string(out.join("config.resolved.toml")).unwrap();
+    assert!(
+        resolved.contains("chat_template = \"chatml\""),
+        "{resolved}"
+    );
+
+    // The export holds the trained weights: the same logits as model.mpk, not the checkpoint's.
+    let device = Default::default();
+    let seq_len = 48;
+    let exported = load_pretrained::<CpuBackend>(&out.join("hf"), seq_len, &device).unwrap();
+    let saved = load_pretrained::<CpuBackend>(&repo("tests/fixtures/tiny-llama"), seq_len, &device)
+        .unwrap()
+        .load_file(&out.join("model.mpk"), &device)
+        .unwrap();
+    let start = load_pretrained::<CpuBackend>(&repo("tests/fixtures/tiny-llama"), seq_len, &device)
+        .unwrap();
+    let ids = reference().ids;
+    assert_eq!(logits(&exported, &ids).1, logits(&saved, &ids).1);
+    assert_ne!(logits(&exported, &ids).1, logits(&start, &ids).1);
+    assert!(out.join("hf/tokenizer.json").is_file());
 }

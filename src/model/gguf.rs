@@ -221,7 +221,12 @@ impl<'a> Cursor<'a> {
             3 => Value::I64(i64::from(i16::from_le_bytes(self.array(&what)?))),
             4 => Value::U64(u64::from(self.u32(&what)?)),
             5 => Value::I64(i64::from(i32::from_le_bytes(self.array(&what)?))),
-            6 => Value::F64(f64::from(f32::from_le_bytes(self.array(&what)?))),
+            // An f32 is widened through its shortest decimal form, which is the number the
+            // converter was given (1e-5 stays 1e-5 instead of 9.99999974738e-6).
+            6 => {
+                let v = f32::from_le_bytes(self.array(&what)?);
+                Value::F64(v.to_string().parse().unwrap_or(f64::from(v)))
+            }
             7 => Value::Bool(self.array::<1>(&what)?[0] != 0),
             8 => Value::Str(self.string(&what)?),
             9 if depth == 0 => {

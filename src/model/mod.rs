@@ -28,6 +28,8 @@ pub mod pretrained;
 mod train;
 
 #[cfg(test)]
+mod pretrained_tests;
+#[cfg(test)]
 mod tests;
 
 pub use batch::TokenBatch;
