@@ -131,6 +131,7 @@ fn hf_directory_matches_transformers_logits() {
     let (vocab, ours) = logits(&model, &r.ids);
     assert_eq!(vocab, 300);
     let err = rel_err(&ours, &r.logits);
+    eprintln!("tiny-llama logits: relative error {err:e} vs transformers");
     assert!(err < 1e-4, "relative error {err:e} vs transformers");
     // The tokenizer of the directory loads too.
     let tok = pretrained_tokenizer(&dir).unwrap();
@@ -239,6 +240,7 @@ fn export_loads_in_transformers_with_the_same_logits() {
         .collect();
     let (_, ours) = logits(&model, &r.ids);
     let err = rel_err(&ours, &theirs);
+    eprintln!("exported model in transformers: relative error {err:e}");
     assert!(err < 1e-4, "relative error {err:e} vs transformers");
 }
 

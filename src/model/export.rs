@@ -56,10 +56,11 @@ fn transposed(w: Vec<f32>, d_in: usize, d_out: usize) -> Vec<f32> {
     t
 }
 
+/// A tensor of an export: Hugging Face name, PyTorch shape, f32 values in row-major order.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Every tensor of `model` under its Hugging Face name, in PyTorch layout, as f32 values.
-pub fn hf_tensors<B: Backend>(
-    model: &Llama<B>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+pub fn hf_tensors<B: Backend>(model: &Llama<B>) -> Result<Vec<NamedTensor>, ModelError> {
     let cfg = model.config();
     let mut values: HashMap<String, Vec<f32>> = HashMap::new();
     let lin = |l: &burn::nn::Linear<B>, name: &str| -> Result<Vec<f32>, ModelError> {
