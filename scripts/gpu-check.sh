@@ -11,7 +11,8 @@
 # MFU = achieved model FLOP/s / peak. Model FLOPs per trained token = 6 * N (forward + backward
 # through every weight; N includes the tied embedding, which is the output projection) + 12 * L *
 # d * T (attention scores and values, forward + backward, T = seq_len), counted on real (non-pad)
-# tokens only, as the PaLM paper defines MFU. Peak: 67 TFLOP/s, the H200 SXM's FP32 rate without
+# tokens only, as the PaLM paper defines MFU. The step times include MoS's probe passes (every
+# 20 steps) and are averaged per log window of 10 steps. Peak: 67 TFLOP/s, the H200 SXM's FP32 rate without
 # tensor cores (NVIDIA data sheet), because this run trains in f32; override with PEAK_TFLOPS.
 set -euo pipefail
 
