@@ -115,24 +115,45 @@ pub fn load_pretrained<B: Backend>(
 }
 
 /// The tokenizer of a checkpoint: rebuilt from the GGUF metadata, or the directory's
-/// `tokenizer.json`.
+/// `tokenizer.json`. The checkpoint's model metadata (GGUF keys, `config.json`) is checked too,
+/// and every token id must have an embedding row, so a bad checkpoint is refused while the run
+/// is prepared (a bad-input error) rather than when the trainer starts.
 pub fn pretrained_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, LoadError> {
-    match detect_format(path)? {
-        PretrainedFormat::Gguf => super::gguf_tokenizer::build(&GgufFile::open(path)?),
-        PretrainedFormat::HfDir => {
-            let file = path.join("tokenizer.json");
-            if !file.is_file() {
-                return Err(LoadError::Tokenizer {
-                    path: file,
-                    message: "missing (a Hugging Face checkpoint needs tokenizer.json)".into(),
-                });
-            }
-            tokenizers::Tokenizer::from_file(&file).map_err(|e| LoadError::Tokenizer {
-                path: file,
-                message: e.to_string(),
-            })
+    let (tok, cfg) = match detect_format(path)? {
+        PretrainedFormat::Gguf => {
+            let g = GgufFile::open(path)?;
+            (super::gguf_tokenizer::build(&g)?, gguf_config(&g, 1)?)
         }
+        PretrainedFormat::HfDir => (
+            hf_dir_tokenizer(path)?,
+            read_hf_config(path)?.to_llama(path, 1)?,
+        ),
+    };
+    let ids = tok.get_vocab_size(true);
+    if ids > cfg.vocab_size {
+        return Err(LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!(
+                "{ids} token ids but the model has only {} embedding rows",
+                cfg.vocab_size
+            ),
+        });
     }
+    Ok(tok)
+}
+
+fn hf_dir_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, LoadError> {
+    let file = path.join("tokenizer.json");
+    if !file.is_file() {
+        return Err(LoadError::Tokenizer {
+            path: file,
+            message: "missing (a Hugging Face checkpoint needs tokenizer.json)".into(),
+        });
+    }
+    tokenizers::Tokenizer::from_file(&file).map_err(|e| LoadError::Tokenizer {
+        path: file,
+        message: e.to_string(),
+    })
 }
 
 /// Builds a [`Llama`] from Hugging Face-named tensors. `get(name, shape)` returns the f32 values

@@ -467,6 +467,9 @@ fn bad_hf_directories_are_errors_naming_the_file_and_tensor() {
         msg.contains("config.json") && msg.contains("`hidden_act`"),
         "{msg}"
     );
+    // Preparing a run (which loads the tokenizer) already refuses it.
+    let msg = pretrained_tokenizer(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("`hidden_act`"), "{msg}");
     std::fs::write(
         dir.path().join("config.json"),
         cfg.replace("\"default\"", "\"llama3\""),
@@ -474,6 +477,17 @@ fn bad_hf_directories_are_errors_naming_the_file_and_tensor() {
     .unwrap();
     let msg = hf_error(dir.path());
     assert!(msg.contains("`rope_parameters`"), "{msg}");
+    // A model with fewer embedding rows than the tokenizer has ids.
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"vocab_size\": 300", "\"vocab_size\": 200"),
+    )
+    .unwrap();
+    let msg = pretrained_tokenizer(dir.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("268 token ids") && msg.contains("200 embedding rows"),
+        "{msg}"
+    );
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     let msg = hf_error(dir.path());
     assert!(msg.contains("config.json"), "{msg}");
