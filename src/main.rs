@@ -165,7 +165,8 @@ fn classify(e: RuntimeError) -> Failure {
         RuntimeError::OutputDir { .. }
         | RuntimeError::BackendUnavailable(_)
         | RuntimeError::ExistingRun { .. }
-        | RuntimeError::ResumeMismatch { .. } => input_error(e),
+        | RuntimeError::ResumeMismatch { .. }
+        | RuntimeError::Pretrained(_) => input_error(e),
         other => other.into(),
     }
 }
@@ -177,7 +178,8 @@ fn check(cfg: Config) -> Result<(), Failure> {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let p = prepare(cfg).map_err(classify)?;
-    let llama = mos_runtime::trainer::llama_config(&p.cfg, &p.tokenizer);
+    // The shape of a pretrained checkpoint comes from its own metadata (read by `prepare`).
+    let llama = p.model.clone();
     println!("config {source}: OK");
     println!(
         "strategy {:?}, backend {}, {} steps, batch {} x seq {}",

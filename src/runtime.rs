@@ -83,6 +83,9 @@ pub enum RuntimeError {
     /// The newest checkpoint could not be read.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// `model.pretrained` could not be read.
+    #[error("model.pretrained: {0}")]
+    Pretrained(String),
 }
 
 /// How [`Runtime::start_with`] treats an output directory that already holds a run.
@@ -115,13 +118,17 @@ pub struct Prepared {
     pub sizes: Vec<u64>,
     /// The mixture the run starts from.
     pub prior: Vec<f64>,
+    /// The model shape: from `[model]`, or read from `model.pretrained`.
+    pub model: crate::model::LlamaConfig,
 }
 
 /// Loads the tokenizer and every dataset, and computes the starting mixture. Blocking I/O: call it
 /// from a blocking context (or `spawn_blocking`).
-pub fn prepare(cfg: Config) -> Result<Prepared, RuntimeError> {
+pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
     cfg.validate()?;
     let tokenizer = Arc::new(Tokenizer::from_config(&cfg.model)?);
+    // `chat_template = "auto"` becomes concrete here, so the run and config.resolved.toml agree.
+    cfg.model.chat_template = cfg.model.chat_template.resolve(&tokenizer);
     let mut datasets = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         datasets.push(Arc::new(load_dataset(d, &cfg.data, cfg.runtime.seed)?));
@@ -133,12 +140,18 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RuntimeError> {
         StrategyKind::Mos => q_tau(&sizes, s.init_temperature.0),
         other => static_mixture(other, &sizes, s.temperature.0, &weights)?,
     };
+    let model = match &cfg.model.pretrained {
+        Some(path) => crate::model::pretrained_config(path, cfg.training.seq_len)
+            .map_err(|e| RuntimeError::Pretrained(e.to_string()))?,
+        None => crate::trainer::llama_config(&cfg, &tokenizer),
+    };
     Ok(Prepared {
         cfg: Arc::new(cfg),
         tokenizer,
         datasets,
         sizes,
         prior,
+        model,
     })
 }
 
@@ -314,6 +327,7 @@ impl Runtime {
             reward: reward.map(|r| (r, reward_gate.clone())),
             scheduler: (scheduler, sched_gate),
             control: control.clone(),
+            model_shape: p.model.clone(),
             live,
             resume,
             rollbacks: opts.rollbacks,
@@ -767,7 +781,7 @@ fn preflight_output_dir(out: &Path, p: &Prepared) -> Result<(), RuntimeError> {
         return Err(err(format!("not writable: {e}")));
     }
     // Weights plus AdamW's two moments, f32, plus a margin for the small files.
-    let params = crate::trainer::llama_config(&p.cfg, &p.tokenizer).num_params() as u64;
+    let params = p.model.num_params() as u64;
     let checkpoint_bytes = params * 4 * 3 + (1 << 20);
     if let Some(free) = free_bytes(out) {
         if free < checkpoint_bytes {
@@ -862,7 +876,7 @@ fn find_resume(
     };
     let run: RunState = checkpoint::read_json(&dir, checkpoint::RUN_STATE)?;
     let actors: ActorState = checkpoint::read_json(&dir, checkpoint::ACTOR_STATE)?;
-    let model = crate::trainer::llama_config(&p.cfg, &p.tokenizer);
+    let model = p.model.clone();
     if run.model != model {
         return Err(mismatch(format!(
             "the model shape changed (checkpoint {:?}, config {:?}); a checkpoint only resumes the model it was made with. Use another runtime.output_dir, or --fresh --overwrite",

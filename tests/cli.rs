@@ -179,14 +179,25 @@ fn shipped_demo_configs_pass_check() {
     // the full corpus (scripts/build-data.sh --full) and is checked only when it is present.
     let root = env!("CARGO_MANIFEST_DIR");
     let mut configs = vec!["configs/demo.toml", "configs/demo-mos.toml"];
-    if std::path::Path::new(root)
-        .join("data/full/prose.train.jsonl")
-        .exists()
-    {
+    let root_path = std::path::Path::new(root);
+    let full = root_path.join("data/full/prose.train.jsonl").exists();
+    // The SmolLM2 configs need the fetched model (scripts/fetch-model.sh).
+    let model = root_path
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .exists();
+    if model {
+        configs.push("configs/smollm2-cpu.toml");
+    } else {
+        eprintln!(
+            "configs/smollm2-cpu.toml not checked: the model is absent (scripts/fetch-model.sh)"
+        );
+    }
+    if full && model {
         configs.push("configs/prod.toml");
     } else {
         eprintln!(
-            "configs/prod.toml not checked: data/full is absent (scripts/build-data.sh --full)"
+            "configs/prod.toml not checked: it needs data/full (scripts/build-data.sh --full) and \
+             the model (scripts/fetch-model.sh)"
         );
     }
     for c in configs {

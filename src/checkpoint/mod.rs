@@ -163,12 +163,7 @@ impl Writer {
     pub fn commit(mut self, keep: usize) -> Result<PathBuf, CheckpointError> {
         let mut files = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for entry in std::fs::read_dir(&self.tmp).map_err(io(&self.tmp))? {
-            let entry = entry.map_err(io(&self.tmp))?;
-            if entry.file_type().map_err(io(&entry.path()))?.is_file() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
+        collect_files(&self.tmp, "", &mut names)?;
         names.sort();
         for name in names {
             let path = self.tmp.join(&name);
@@ -232,6 +227,23 @@ impl Drop for Writer {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
     }
+}
+
+/// Relative paths (with `/`) of every regular file under `dir`; sub-directories are fsynced so
+/// that their entries are durable before the rename.
+fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), CheckpointError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        let ty = entry.file_type().map_err(io(&entry.path()))?;
+        if ty.is_file() {
+            out.push(name);
+        } else if ty.is_dir() {
+            collect_files(&entry.path(), &format!("{name}/"), out)?;
+            sync_dir(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {

@@ -131,6 +131,11 @@ pub struct RuntimeConfig {
     /// with the older mixture, and reports are never dropped. Off by default, because waiting
     /// on the scheduler is exactly what the runtime otherwise never does.
     pub deterministic: bool,
+    /// At the end of the run, also write the model as a Hugging Face directory (`<output_dir>/hf`).
+    pub export_hf: bool,
+    /// Also put a Hugging Face export in every checkpoint (`checkpoints/step-N/hf/`, covered by
+    /// the manifest like the other files).
+    pub export_hf_checkpoints: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -149,6 +154,8 @@ impl Default for RuntimeConfig {
             stop_at_step: 0,
             keep_checkpoints: 3,
             deterministic: false,
+            export_hf: false,
+            export_hf_checkpoints: false,
         }
     }
 }
@@ -187,8 +194,11 @@ pub enum TokenizerKind {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ChatTemplate {
-    /// `User: ...\nAssistant: ...\n` style, for models trained from scratch.
+    /// ChatML when the tokenizer has the `<|im_start|>`/`<|im_end|>` tokens (a ChatML-tuned
+    /// checkpoint such as SmolLM2), `plain` otherwise; resolved when the tokenizer is loaded.
     #[default]
+    Auto,
+    /// `User: ...\nAssistant: ...\n` style, for models trained from scratch.
     Plain,
     /// ChatML (`<|im_start|>role\n...<|im_end|>\n`), as SmolLM2 uses.
     Chatml,
@@ -204,6 +214,10 @@ pub struct ModelConfig {
     pub tokenizer_path: Option<PathBuf>,
     /// Chat rendering of prompt/response and messages records.
     pub chat_template: ChatTemplate,
+    /// A pretrained checkpoint to fine-tune: a GGUF file or a Hugging Face Llama directory.
+    /// When set, the model shape and the tokenizer come from it and the shape keys below and
+    /// `tokenizer`/`tokenizer_path` are not used.
+    pub pretrained: Option<PathBuf>,
     /// Hidden size.
     pub d_model: usize,
     /// Decoder blocks.
@@ -227,7 +241,8 @@ impl Default for ModelConfig {
         Self {
             tokenizer: TokenizerKind::Byte,
             tokenizer_path: None,
-            chat_template: ChatTemplate::Plain,
+            chat_template: ChatTemplate::Auto,
+            pretrained: None,
             d_model: 128,
             n_layers: 4,
             n_heads: 4,
@@ -618,6 +633,9 @@ impl Config {
         if let Some(t) = self.model.tokenizer_path.as_mut() {
             fix(t);
         }
+        if let Some(p) = self.model.pretrained.as_mut() {
+            fix(p);
+        }
     }
 
     fn file_label(&self) -> String {
@@ -678,6 +696,12 @@ impl Config {
         }
         if m.ffn_hidden == 0 {
             return Err(self.invalid("model.ffn_hidden", "must be positive"));
+        }
+        if m.pretrained.is_some() && m.tokenizer == TokenizerKind::Hf {
+            return Err(self.invalid(
+                "model.tokenizer",
+                "the tokenizer comes from model.pretrained; leave model.tokenizer unset",
+            ));
         }
         if m.tokenizer == TokenizerKind::Hf && m.tokenizer_path.is_none() {
             return Err(self.invalid(

@@ -191,3 +191,25 @@ fn relative_paths_resolve_against_the_config_dir() {
     let c = Config::load_with_env(&p, &[], &[]).unwrap();
     assert_eq!(c.datasets[0].path, dir.path().join("a.jsonl"));
 }
+
+#[test]
+fn pretrained_path_resolves_and_excludes_a_separate_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{BASE}\n[model]\npretrained = \"models/m.gguf\"\n");
+    let p = write(&dir, "c.toml", &text);
+    let c = Config::load_with_env(&p, &[], &[]).unwrap();
+    assert_eq!(
+        c.model.pretrained.as_deref(),
+        Some(dir.path().join("models/m.gguf").as_path())
+    );
+    assert_eq!(c.model.chat_template, ChatTemplate::Auto);
+    assert!(!c.runtime.export_hf);
+    let e = load(
+        &text,
+        &["model.tokenizer=hf", "model.tokenizer_path=t.json"],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.tokenizer"), "{e}");
+}

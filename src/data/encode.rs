@@ -57,6 +57,7 @@ pub fn encode_record(
     template: ChatTemplate,
     seq_len: usize,
 ) -> Encoded {
+    let template = template.resolve(tok);
     let pieces = render(record, template);
     let mut tokens = vec![tok.bos_id()];
     let mut mask = vec![false];
@@ -101,8 +102,10 @@ pub fn encode_all(
 fn eos_is_target(record: &Record, template: ChatTemplate) -> bool {
     match (record, template) {
         (Record::Text(_), _) => true,
-        (Record::PromptResponse { .. }, ChatTemplate::Plain) => true,
-        (Record::Chat(m), ChatTemplate::Plain) => m.last().is_some_and(ChatMessage::is_assistant),
+        (Record::PromptResponse { .. }, ChatTemplate::Plain | ChatTemplate::Auto) => true,
+        (Record::Chat(m), ChatTemplate::Plain | ChatTemplate::Auto) => {
+            m.last().is_some_and(ChatMessage::is_assistant)
+        }
         (_, ChatTemplate::Chatml) => false,
     }
 }
@@ -111,17 +114,19 @@ fn render(record: &Record, template: ChatTemplate) -> Vec<Piece<'_>> {
     use std::borrow::Cow::{Borrowed, Owned};
     match (record, template) {
         (Record::Text(text), _) => vec![Piece::Text(Borrowed(text), true)],
-        (Record::PromptResponse { prompt, response }, ChatTemplate::Plain) => vec![
-            Piece::Text(Owned(format!("User: {prompt}\nAssistant: ")), false),
-            Piece::Text(Borrowed(response), true),
-        ],
+        (Record::PromptResponse { prompt, response }, ChatTemplate::Plain | ChatTemplate::Auto) => {
+            vec![
+                Piece::Text(Owned(format!("User: {prompt}\nAssistant: ")), false),
+                Piece::Text(Borrowed(response), true),
+            ]
+        }
         (Record::PromptResponse { prompt, response }, ChatTemplate::Chatml) => {
             let mut out = Vec::new();
             chatml_message(&mut out, "user", prompt, false);
             chatml_message(&mut out, "assistant", response, true);
             out
         }
-        (Record::Chat(messages), ChatTemplate::Plain) => {
+        (Record::Chat(messages), ChatTemplate::Plain | ChatTemplate::Auto) => {
             let mut out = Vec::new();
             for m in messages {
                 let role = capitalise(&m.role);

@@ -18,6 +18,7 @@
 //! worker (all blocking sends happen on the loader's own thread), install a tracing subscriber or
 //! metrics recorder, or panic on anything read from a dataset file.
 
+mod chat;
 mod dataset;
 mod encode;
 mod format;

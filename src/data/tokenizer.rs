@@ -90,6 +90,15 @@ impl Tokenizer {
     /// `<|im_start|>`/`<|im_end|>` are missing, loading fails with an error naming the file.
     pub fn from_config(model: &ModelConfig) -> Result<Tokenizer, DataError> {
         let chatml = model.chat_template == ChatTemplate::Chatml;
+        // A pretrained checkpoint brings its own tokenizer (GGUF metadata or tokenizer.json).
+        if let Some(path) = model.pretrained.as_deref() {
+            let inner =
+                crate::model::pretrained_tokenizer(path).map_err(|e| DataError::Tokenizer {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            return Self::from_hf(inner, path, chatml);
+        }
         match model.tokenizer {
             TokenizerKind::Byte => Ok(Tokenizer::Byte { chatml }),
             TokenizerKind::Hf => {
@@ -112,7 +121,22 @@ impl Tokenizer {
             path: path.to_path_buf(),
             message,
         };
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        Self::from_hf(inner, path, chatml)
+    }
+
+    /// Wraps an in-memory Hugging Face tokenizer (rebuilt from a GGUF file, or read from a
+    /// checkpoint directory); `path` names it in errors. Same special-token rules as
+    /// [`Tokenizer::from_config`].
+    pub fn from_hf(
+        mut inner: tokenizers::Tokenizer,
+        path: &Path,
+        chatml: bool,
+    ) -> Result<Tokenizer, DataError> {
+        let err = |message: String| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
         // Special tokens written in the data are encoded as plain text: only the renderer may
         // emit BOS/EOS/ChatML markers.
         inner.set_encode_special_tokens(true);
@@ -247,6 +271,14 @@ impl Tokenizer {
                     String::new()
                 })
             }
+        }
+    }
+
+    /// The Hugging Face tokenizer, if this is one (exports save it as `tokenizer.json`).
+    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
+        match self {
+            Tokenizer::Byte { .. } => None,
+            Tokenizer::Hf { inner, .. } => Some(inner),
         }
     }
 

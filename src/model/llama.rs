@@ -331,6 +331,28 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// A model from already-built parts (the pretrained loaders); the rotary tables are computed
+    /// from `config` here, as in [`LlamaConfig::init`].
+    pub(crate) fn from_parts(
+        config: LlamaConfig,
+        embed_tokens: Embedding<B>,
+        layers: Vec<DecoderLayer<B>>,
+        norm: RmsNorm<B>,
+        lm_head: Option<Linear<B>>,
+        device: &B::Device,
+    ) -> Self {
+        let (rope_cos, rope_sin) = rope_tables::<B>(&config, device);
+        Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_cos,
+            rope_sin,
+            config,
+        }
+    }
+
     /// The rotary tables for `t` positions (tests only).
     #[cfg(test)]
     pub(crate) fn rope_cos_for_test(&self, t: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
@@ -406,6 +428,25 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Attention from its four projections, with the head counts of `cfg`.
+    pub(crate) fn from_projections(
+        q_proj: Linear<B>,
+        k_proj: Linear<B>,
+        v_proj: Linear<B>,
+        o_proj: Linear<B>,
+        cfg: &LlamaConfig,
+    ) -> Self {
+        Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim(),
+        }
+    }
+
     /// The same attention with another kv-head count (tests build equivalent models).
     #[cfg(test)]
     pub(crate) fn into_wide(mut self, n_kv_heads: usize) -> Self {

@@ -19,16 +19,25 @@
 //! restores them (measured 1.8x faster per training step).
 
 mod batch;
+pub mod export;
+pub mod gguf;
+mod gguf_tokenizer;
 mod llama;
 mod loss;
+pub mod pretrained;
 mod train;
 
+#[cfg(test)]
+mod pretrained_tests;
 #[cfg(test)]
 mod tests;
 
 pub use batch::TokenBatch;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
 pub use loss::{per_example_nll, probe, ProbeStats};
+pub use pretrained::{
+    load_for_training, load_pretrained, pretrained_config, pretrained_tokenizer, LoadError,
+};
 pub use train::{lr_at, StepOutput, TrainHyper, Trainer};
 
 use std::path::PathBuf;
@@ -73,6 +82,9 @@ pub enum ModelError {
         /// burn's description of the failure.
         message: String,
     },
+    /// A pretrained checkpoint could not be loaded (names the file and the key or tensor).
+    #[error(transparent)]
+    Load(#[from] LoadError),
     /// A small JSON side file (trainer state) could not be encoded or decoded.
     #[error("state file {path}: {source}")]
     State {

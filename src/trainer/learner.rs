@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use crate::data::Tokenizer;
 use crate::model::{ModelError, ProbeStats, StepOutput, TokenBatch};
 
 /// What the training loop needs from a model and its optimiser.
@@ -48,6 +49,13 @@ pub trait Learner {
     /// Fault injection (`MOS_FAULTS=nan_loss=...`): make the next step's loss non-finite. The
     /// default does nothing, so the fault is simply not injected for learners without it.
     fn poison_next_step(&mut self) {}
+
+    /// Writes the model as a Hugging Face directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`) at `dir`; returns false when this learner has no such format (the
+    /// default).
+    fn export_hf(&self, _tokenizer: &Tokenizer, _dir: &Path) -> Result<bool, ModelError> {
+        Ok(false)
+    }
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Trainer<B> {
@@ -75,6 +83,9 @@ impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Traine
     fn poison_next_step(&mut self) {
         crate::model::Trainer::poison_next_step(self)
     }
+    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
+        crate::model::export::export_hf_dir(self.model(), tokenizer.into(), dir).map(|()| true)
+    }
 }
 
 impl<L: Learner + ?Sized> Learner for Box<L> {
@@ -101,5 +112,8 @@ impl<L: Learner + ?Sized> Learner for Box<L> {
     }
     fn poison_next_step(&mut self) {
         (**self).poison_next_step()
+    }
+    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
+        (**self).export_hf(tokenizer, dir)
     }
 }

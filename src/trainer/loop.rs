@@ -90,6 +90,8 @@ pub struct TrainerCtx {
     pub scheduler: (ActorRef<SchedulerMsg>, Arc<ReportGate>),
     /// Stop, pause and checkpoint requests.
     pub control: Arc<Control>,
+    /// The model shape, recorded in checkpoints (a resume with another shape is refused).
+    pub model_shape: LlamaConfig,
     /// Loader health, written by the supervisor.
     pub live: Arc<LiveSet>,
     /// Where to continue from (None: a fresh run).
@@ -201,7 +203,16 @@ pub fn run_training<B: AutodiffBackend>(
     let llama = llama_config(&cfg, &ctx.tokenizer);
     // Host-seeded initialisation: the same weights on every backend, independent of burn's
     // process-global RNG.
-    let model = llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device);
+    let model = match &cfg.model.pretrained {
+        Some(path) => crate::model::load_for_training::<B>(
+            path,
+            cfg.training.seq_len,
+            &ctx.tokenizer,
+            &device,
+        )
+        .map_err(|e| TrainerError::Model(e.to_string()))?,
+        None => llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device),
+    };
     let hyper = train_hyper(&cfg);
     run_with_learner(ctx, Trainer::new(model, hyper, device))
 }
@@ -722,6 +733,17 @@ pub fn run_with_learner<L: Learner>(
         .save_weights(&model_path)
         .map_err(|e| TrainerError::Model(e.to_string()))?;
     tracing::info!(path = %model_path.display(), "model weights written");
+    if cfg.runtime.export_hf {
+        let dir = out_dir.join("hf");
+        if trainer
+            .export_hf(&ctx.tokenizer, &dir)
+            .map_err(|e| TrainerError::Model(e.to_string()))?
+        {
+            tracing::info!(dir = %dir.display(), "Hugging Face export written");
+        } else {
+            tracing::warn!("runtime.export_hf is set but this learner cannot export");
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     Ok(RunSummary {
         steps: step,
@@ -891,11 +913,18 @@ fn write_checkpoint<L: Learner>(
     trainer
         .save_state(writer.dir())
         .map_err(|e| TrainerError::Checkpoint(e.to_string()))?;
+    if cfg.runtime.export_hf_checkpoints
+        && !trainer
+            .export_hf(&ctx.tokenizer, &writer.dir().join("hf"))
+            .map_err(|e| TrainerError::Checkpoint(e.to_string()))?
+    {
+        tracing::warn!("runtime.export_hf_checkpoints is set but this learner cannot export");
+    }
     let run = RunState {
         step: c.step,
         names: c.names.to_vec(),
         sizes: c.sizes,
-        model: llama_config(cfg, &ctx.tokenizer),
+        model: ctx.model_shape.clone(),
         sampler: c.sampler.clone(),
         counts: c.counts.to_vec(),
         cursors: c.cursors.to_vec(),
