@@ -16,5 +16,6 @@ pub mod reward;
 pub mod runlog;
 pub mod runtime;
 pub mod scheduler;
+pub mod service;
 pub mod telemetry;
 pub mod trainer;
