@@ -1001,3 +1001,47 @@ fn the_serve_subcommand_starts_answers_and_never_prints_the_token() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(TOKEN), "the token is in the log:\n{text}");
 }
+
+#[test]
+fn arrays_in_another_order_named_by_datasets_give_the_same_update() {
+    let rt = tokio_rt();
+    let a = start(&rt, &service_config(diff_ema()));
+    let b = start(&rt, &service_config(diff_ema()));
+    assert_eq!(register(a.addr()).status, 201);
+    assert_eq!(register(b.addr()).status, 201);
+    let now = nll_rows(3, 4);
+    let initial = nll_rows(0, 4);
+    // Registration order is maths, medicine, chat, nlp; b gets the rows as nlp, chat, maths, medicine.
+    let perm = [3, 2, 0, 1];
+    let pick =
+        |rows: &Vec<Vec<f64>>| -> Vec<Vec<f64>> { perm.iter().map(|&i| rows[i].clone()).collect() };
+    let names: Vec<&str> = perm.iter().map(|&i| NAMES[i]).collect();
+    let ra = post(
+        a.addr(),
+        "/v1/updates",
+        &json!({"counts": [1, 2, 3, 4], "nll": {"now": now, "initial": initial}}),
+    );
+    let rb = post(
+        b.addr(),
+        "/v1/updates",
+        &json!({"datasets": names, "counts": [4, 3, 1, 2], "nll": {"now": pick(&now), "initial": pick(&initial)}}),
+    );
+    assert_eq!(
+        (ra.status, rb.status),
+        (200, 200),
+        "{:?} {:?}",
+        ra.body,
+        rb.body
+    );
+    let (ua, ub): (UpdateRecord, UpdateRecord) = (
+        serde_json::from_value(ra.body).unwrap(),
+        serde_json::from_value(rb.body).unwrap(),
+    );
+    assert_eq!(ub.counts, vec![1, 2, 3, 4]);
+    assert_eq!(bits(&ua.raw), bits(&ub.raw));
+    assert_eq!(bits(&ua.after), bits(&ub.after));
+    // Different rewards per dataset, so a wrong permutation would have shown.
+    assert!(ua.raw.windows(2).all(|w| w[0] != w[1]), "{:?}", ua.raw);
+    rt.block_on(a.shutdown()).unwrap();
+    rt.block_on(b.shutdown()).unwrap();
+}

@@ -400,10 +400,15 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `order[k]` = registration index of the k-th name in `given`.
 fn permutation(names: &[String], given: &[String]) -> Result<Vec<usize>, ApiError> {
     check_rows("datasets", names.len(), given.len())?;
+    let index: std::collections::HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     let mut used = vec![false; names.len()];
     let mut order = Vec::with_capacity(given.len());
     for (k, g) in given.iter().enumerate() {
-        let Some(i) = names.iter().position(|n| n == g) else {
+        let Some(&i) = index.get(g.as_str()) else {
             return Err(ApiError::Invalid(format!(
                 "datasets[{k}]: unknown dataset `{g}`; registered: {}",
                 names.join(", ")
@@ -419,18 +424,17 @@ fn permutation(names: &[String], given: &[String]) -> Result<Vec<usize>, ApiErro
     Ok(order)
 }
 
-/// Puts rows given in the client's order into registration order.
-fn reorder<T: Clone>(rows: Vec<T>, order: Option<&[usize]>) -> Vec<T> {
-    match order {
-        None => rows,
-        Some(order) => {
-            let mut out = rows.clone();
-            for (k, row) in rows.into_iter().enumerate() {
-                out[order[k]] = row;
-            }
-            out
-        }
+/// Puts rows given in the client's order into registration order. `order` is a permutation
+/// (checked by [`permutation`]), so every slot is filled exactly once.
+fn reorder<T>(rows: Vec<T>, order: Option<&[usize]>) -> Vec<T> {
+    let Some(order) = order else {
+        return rows;
+    };
+    let mut slots: Vec<Option<T>> = (0..rows.len()).map(|_| None).collect();
+    for (k, row) in rows.into_iter().enumerate() {
+        slots[order[k]] = Some(row);
     }
+    slots.into_iter().flatten().collect()
 }
 
 fn check_rows(field: &str, expected: usize, found: usize) -> Result<(), ApiError> {
