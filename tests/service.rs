@@ -671,6 +671,30 @@ fn every_route_is_in_the_openapi_spec_and_nothing_else() {
             assert!(post.contains(code), "{write} post lacks {code}");
         }
     }
+    // Every `$ref` points at a component the spec defines: `components:` at column 0, its
+    // sections two spaces in, their entries four spaces in.
+    let mut defined = BTreeSet::new();
+    let (mut in_components, mut section) = (false, String::new());
+    for line in spec.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            in_components = line.trim_end() == "components:";
+        } else if !in_components {
+        } else if let Some(s) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            section = s.trim_end().trim_end_matches(':').to_string();
+        } else if let Some(n) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
+            if let Some(name) = n.trim_end().strip_suffix(':') {
+                defined.insert(format!("{section}/{name}"));
+            }
+        }
+    }
+    assert!(defined.contains("schemas/Error"), "{defined:?}");
+    for r in spec.split("$ref: \"#/components/").skip(1) {
+        let target = r.split('"').next().unwrap();
+        assert!(
+            defined.contains(target),
+            "dangling $ref #/components/{target}"
+        );
+    }
     assert_eq!(service::OPENAPI_YAML, spec);
 }
 
