@@ -978,7 +978,14 @@ fn the_serve_subcommand_starts_answers_and_never_prints_the_token() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("absent"), "{err}");
+    assert!(
+        err.contains("service.token_file") && err.contains("absent"),
+        "{err}"
+    );
+    assert!(
+        err.contains("service.toml"),
+        "the message names the config file: {err}"
+    );
     let out = std::process::Command::new(bin())
         .args([
             "serve",

@@ -90,9 +90,10 @@ impl ServiceConfig {
         let token = if let Some(t) = &self.token {
             Some(t.expose().trim().to_string())
         } else if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                file: "<config>".to_string(),
+                key: "service.token_file".to_string(),
+                message: format!("cannot read the token file {}: {e}", path.display()),
             })?;
             Some(text.trim().to_string())
         } else {

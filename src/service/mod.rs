@@ -93,7 +93,20 @@ pub async fn serve_with_env(
 ) -> Result<ServiceHandle, ServiceError> {
     cfg.validate_service()?;
     let addr = listener.local_addr()?;
-    let Some(token) = cfg.service.resolve_token(env)? else {
+    let token = cfg.service.resolve_token(env).map_err(|e| match e {
+        // Name the config file, which the service section itself does not know.
+        ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+            file: cfg
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<config>".to_string()),
+            key,
+            message,
+        },
+        other => other,
+    })?;
+    let Some(token) = token else {
         return Err(ServiceError::NoToken {
             listen: addr,
             exposed: if addr.ip().is_loopback() {
