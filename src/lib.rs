@@ -3,8 +3,9 @@
 //!
 //! The crate is both the `mos-runtime` daemon and a library for hosts that embed it. Start here:
 //! [`runtime::Runtime::start`] runs everything from a [`config::Config`] and returns a
-//! [`runtime::RuntimeHandle`]; [`mixture`] is the scheduler's pure maths; ARCHITECTURE.md in the
-//! repository maps the modules and states their invariants.
+//! [`runtime::RuntimeHandle`]; [`mixture`] is the scheduler's pure maths; [`service::serve`] runs
+//! the scheduler alone behind an HTTP API for trainers in other processes or languages;
+//! ARCHITECTURE.md in the repository maps the modules and states their invariants.
 
 #![deny(missing_docs)]
 
@@ -20,5 +21,6 @@ pub mod reward;
 pub mod runlog;
 pub mod runtime;
 pub mod scheduler;
+pub mod service;
 pub mod telemetry;
 pub mod trainer;

@@ -55,6 +55,9 @@ enum Command {
         #[arg(long)]
         log: PathBuf,
     },
+    /// Serve only the MoS scheduler over HTTP (`[service]` and `[scheduler]` of the config):
+    /// clients register datasets, post probe statistics and read the mixture.
+    Serve,
     /// Render SVG plots (mixture weights, eval loss, training loss) from a run's logs.
     Report {
         /// The run's output directory.
@@ -126,6 +129,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Check) => check(load_config(&cli)?),
+        Some(Command::Serve) => serve(&cli),
         Some(Command::Run) | None => {
             let opts = StartOptions {
                 fresh: cli.fresh,
@@ -136,6 +140,42 @@ fn run(cli: Cli) -> Result<(), Failure> {
             daemon(load_config(&cli)?, opts)
         }
     }
+}
+
+/// `serve`: the scheduler alone behind HTTP until SIGINT/SIGTERM. Its config needs no
+/// `[[datasets]]`; bad config, a missing token or an unusable address exit with 2.
+fn serve(cli: &Cli) -> Result<(), Failure> {
+    let path = cli.config.clone().ok_or_else(|| {
+        input_error(anyhow::anyhow!(
+            "no config given: pass --config FILE (e.g. --config configs/service.toml)"
+        ))
+    })?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let cfg =
+        mos_runtime::config::load_service_config(&path, &cli.set, &env).map_err(input_error)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mos-service")
+        .build()?;
+    rt.block_on(async move {
+        let listener = mos_runtime::service::bind(&cfg)
+            .await
+            .map_err(input_error)?;
+        let handle = mos_runtime::service::serve_with_env(&cfg, listener, &env)
+            .await
+            .map_err(input_error)?;
+        // The token is deliberately not part of this line (nor of any other).
+        tracing::info!(
+            "MoS scheduler service on {} (writes need the bearer token; API: {}/v1/openapi.yaml)",
+            handle.url(),
+            handle.url()
+        );
+        wait_signal().await;
+        tracing::info!("signal received: stopping the service");
+        handle.shutdown().await?;
+        Ok(())
+    })
 }
 
 fn replay(log: &std::path::Path) -> Result<(), Failure> {

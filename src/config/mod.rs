@@ -15,6 +15,9 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Provider};
 use serde::{Deserialize, Serialize};
 
+mod service;
+pub use service::{load_service_config, Secret, ServiceConfig, TOKEN_ENV};
+
 /// A configuration error. The message always names the source (file, environment or `--set`) and
 /// the key involved.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,9 @@ pub struct Config {
     /// The datasets ("skills") to mix; at least one.
     #[serde(default)]
     pub datasets: Vec<DatasetConfig>,
+    /// `mos-runtime serve` only: the scheduler as an HTTP service (ignored by training runs).
+    #[serde(default)]
+    pub service: ServiceConfig,
     /// The file this config was read from (not a TOML key); used in later error messages and to
     /// resolve relative dataset paths.
     #[serde(skip)]

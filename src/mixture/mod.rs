@@ -124,6 +124,10 @@ pub enum MixtureError {
         /// The offending reward.
         value: f64,
     },
+    /// The REINFORCE update produced non-finite scorer parameters (rewards too large); the
+    /// scheduler state was left as it was.
+    #[error("the scorer update overflowed (rewards too large); the mixture was kept")]
+    UpdateDiverged,
     /// A scheduler setting is out of range.
     #[error("invalid scheduler setting `{key}`: {message}")]
     InvalidSetting {

@@ -275,8 +275,21 @@ impl MosScheduler {
             return Err(MixtureError::NonFiniteReward { index, value });
         }
         let clipped: Vec<f64> = rewards.iter().map(|&r| r.max(REWARD_FLOOR)).collect();
-        self.scorer
-            .reinforce(&mut self.adam, &clipped, self.scorer_lr, self.scorer_steps);
+        // Finite rewards can still overflow inside the update (e.g. two rewards near f64::MAX
+        // sum to infinity); work on copies and keep them only if the scorer stays finite, so a
+        // bad update is refused instead of silently turning the mixture uniform.
+        let mut scorer = self.scorer.clone();
+        let mut adam = self.adam.clone();
+        scorer.reinforce(&mut adam, &clipped, self.scorer_lr, self.scorer_steps);
+        let finite = match &scorer {
+            Scorer::Logits { w } => w.iter().all(|x| x.is_finite()),
+            Scorer::Mlp(m) => m.params().iter().all(|x| x.is_finite()),
+        };
+        if !finite {
+            return Err(MixtureError::UpdateDiverged);
+        }
+        self.scorer = scorer;
+        self.adam = adam;
         self.updates += 1;
         Ok(self.probs())
     }

@@ -490,6 +490,19 @@ fn invalid_rewards_and_probes_are_rejected_without_changing_state() {
         s.update(&[1.0, f64::NAN, 1.0, 1.0]),
         Err(MixtureError::NonFiniteReward { index: 1, .. })
     ));
+    // Finite rewards whose sum overflows must not turn the scorer to NaN.
+    assert!(matches!(
+        s.update(&[1e308, 1e308, 1.0, 1.0]),
+        Err(MixtureError::UpdateDiverged)
+    ));
+    let mut mlp =
+        MosScheduler::new(&mos_cfg(ScorerKind::Mlp, 10.0), &PAPER_SIZES, None, 0).unwrap();
+    let mlp_before = mlp.clone();
+    assert!(matches!(
+        mlp.update(&[1e308, 1e308, 1.0, 1.0]),
+        Err(MixtureError::UpdateDiverged)
+    ));
+    assert_eq!(mlp, mlp_before);
     assert!(matches!(
         s.rewards_from_probes(&ProbeInput::Perplexities {
             now: vec![],
