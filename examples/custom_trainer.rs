@@ -98,6 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 prior: mos.probs(),
             },
+            resume: false,
         },
     )
     .await?;
@@ -110,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             scheduler: scheduler.clone(),
             gate: reward_gate.clone(),
             scheduler_gate: sched_gate,
+            initial_ppl: None,
         },
     )
     .await?;

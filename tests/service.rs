@@ -736,6 +736,7 @@ fn run_actors(
                     seed,
                     prior: mos.probs(),
                 },
+                resume: false,
             },
         )
         .await
@@ -749,6 +750,7 @@ fn run_actors(
                 scheduler: scheduler.clone(),
                 gate: reward_gate.clone(),
                 scheduler_gate: sched_gate,
+                initial_ppl: None,
             },
         )
         .await
