@@ -582,6 +582,19 @@ impl Config {
         overrides: &[String],
         env: &[(String, String)],
     ) -> Result<Self, ConfigError> {
+        let cfg = Self::load_layers(path, overrides, env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The file, then `MOS_` variables of `env`, then `overrides`, with relative paths resolved
+    /// against the file's directory; not yet validated (the training and the service configs
+    /// validate different things).
+    pub(crate) fn load_layers(
+        path: &Path,
+        overrides: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         // Read the file ourselves first: figment treats a missing file as empty, which would turn
         // a typo in --config into a silent run on defaults.
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -604,7 +617,6 @@ impl Config {
         let mut cfg: Config = fig.extract().map_err(|e| render_figment_error(e, &file))?;
         cfg.source = Some(path.to_path_buf());
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        cfg.validate()?;
         Ok(cfg)
     }
 

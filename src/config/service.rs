@@ -11,11 +11,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use super::{env_provider, parse_override, render_figment_error, Config, ConfigError, Named};
+use super::{Config, ConfigError};
 
 /// The environment variable read for the token when neither `service.token` nor
 /// `service.token_file` is set. (`MOS_SERVICE__TOKEN` also works: it is the ordinary environment
@@ -162,27 +160,8 @@ pub fn load_service_config(
     overrides: &[String],
     env: &[(String, String)],
 ) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file = path.display().to_string();
-    let mut fig = Figment::new().merge(Named {
-        inner: Toml::string(&text),
-        name: file.clone(),
-    });
-    fig = fig.merge(env_provider(env));
-    for o in overrides {
-        let (key, value) = parse_override(o)?;
-        fig = fig.merge(Named {
-            inner: Serialized::default(&key, value),
-            name: format!("--set {o}"),
-        });
-    }
-    let mut cfg: Config = fig.extract().map_err(|e| render_figment_error(e, &file))?;
-    cfg.source = Some(path.to_path_buf());
+    let mut cfg = Config::load_layers(path, overrides, env)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    cfg.resolve_paths(base);
     if let Some(t) = cfg.service.token_file.as_mut() {
         if t.is_relative() {
             *t = base.join(&*t);

@@ -407,6 +407,26 @@ pub fn run_with_learner<L: Learner>(
     let max_steps = cfg.runtime.max_steps;
     let mut step = trainer.step();
 
+    // The trainer-side state a checkpoint records, gathered from the loop's locals (a macro
+    // because those locals are mutated between checkpoints, which a closure's borrows forbid).
+    macro_rules! checkpoint_inputs {
+        () => {
+            CheckpointInputs {
+                step,
+                names: &names,
+                sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
+                sampler: &sampler,
+                counts: &counts,
+                cursors: &cursors,
+                active: &active,
+                target_version,
+                probe_ids: &probe_ids,
+                first_loss,
+                skipped,
+            }
+        };
+    }
+
     while step < max_steps {
         if ctx.control.stop_requested() {
             interrupted = true;
@@ -672,19 +692,7 @@ pub fn run_with_learner<L: Learner>(
             && step.is_multiple_of(cfg.runtime.checkpoint_every)
             && step < max_steps;
         if periodic || ctx.control.take_checkpoint_request() {
-            let state = CheckpointInputs {
-                step,
-                names: &names,
-                sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
-                sampler: &sampler,
-                counts: &counts,
-                cursors: &cursors,
-                active: &active,
-                target_version,
-                probe_ids: &probe_ids,
-                first_loss,
-                skipped,
-            };
+            let state = checkpoint_inputs!();
             if let Some(dir) = checkpoint_now(&trainer, &ctx, &cfg, &runlog, trace.as_ref(), state)
             {
                 last_checkpoint = Some(dir);
@@ -711,19 +719,7 @@ pub fn run_with_learner<L: Learner>(
     // A final checkpoint, on a stop request (SIGTERM) as at the normal end, so that a restart
     // continues (or a longer max_steps extends the run) from here.
     if last_checkpoint_step != Some(step) {
-        let state = CheckpointInputs {
-            step,
-            names: &names,
-            sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
-            sampler: &sampler,
-            counts: &counts,
-            cursors: &cursors,
-            active: &active,
-            target_version,
-            probe_ids: &probe_ids,
-            first_loss,
-            skipped,
-        };
+        let state = checkpoint_inputs!();
         if let Some(dir) = checkpoint_now(&trainer, &ctx, &cfg, &runlog, trace.as_ref(), state) {
             last_checkpoint = Some(dir);
         }
