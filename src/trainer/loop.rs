@@ -701,6 +701,10 @@ pub fn run_with_learner<L: Learner>(
         }
     }
 
+    // A stop between two progress lines still reports the loss of the steps since the last one.
+    if window_steps > 0 {
+        last_loss = (window_loss / window_steps as f64) as f32;
+    }
     let already_complete = resumed_from == Some(step);
     let eval = if interrupted {
         tracing::info!(step, "stop requested: skipping the final evaluation");
