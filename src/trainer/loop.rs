@@ -200,7 +200,8 @@ pub fn run_training<B: AutodiffBackend>(
 ) -> Result<RunSummary, TrainerError> {
     let cfg = ctx.cfg.clone();
     B::seed(&device, cfg.runtime.seed);
-    let llama = llama_config(&cfg, &ctx.tokenizer);
+    // The shape `prepare` already derived (and recorded for checkpoints); not recomputed here.
+    let llama = ctx.model_shape.clone();
     // Host-seeded initialisation: the same weights on every backend, independent of burn's
     // process-global RNG.
     let model = match &cfg.model.pretrained {
