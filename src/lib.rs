@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod experiment;
 pub mod faults;
 pub mod mixture;
 pub mod model;

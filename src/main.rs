@@ -58,6 +58,23 @@ enum Command {
     /// Serve only the MoS scheduler over HTTP (`[service]` and `[scheduler]` of the config):
     /// clients register datasets, post probe statistics and read the mixture.
     Serve,
+    /// Run a grid of strategies x seeds from an experiment file (one training run per cell, as
+    /// a child process), skipping runs already finished, then write the results table and the
+    /// mixture plots under the experiment's `output_dir/report/`.
+    Experiment {
+        /// The experiment file (e.g. experiments/six-skills.toml).
+        file: PathBuf,
+        /// Only (re)write the report from the runs already finished.
+        #[arg(long)]
+        report_only: bool,
+        /// Print the planned runs and their overrides, then stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Runs at a time (each gets cores / jobs rayon threads). Small models train faster
+        /// as two single-threaded runs than as one run on two threads.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Render SVG plots (mixture weights, eval loss, training loss) from a run's logs.
     Report {
         /// The run's output directory.
@@ -129,6 +146,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Check) => check(load_config(&cli)?),
+        Some(Command::Experiment {
+            ref file,
+            report_only,
+            dry_run,
+            jobs,
+        }) => experiment(file, report_only, dry_run, jobs),
         Some(Command::Serve) => serve(&cli),
         Some(Command::Run) | None => {
             let opts = StartOptions {
@@ -176,6 +199,125 @@ fn serve(cli: &Cli) -> Result<(), Failure> {
         handle.shutdown().await?;
         Ok(())
     })
+}
+
+/// `experiment`: every (seed, cell) not finished yet runs as `mos-runtime --config BASE --set ...`
+/// in a child process (its output in `output_dir/logs/`), `jobs` at a time, then the report is
+/// written. A failed run is reported and the grid goes on; the exit code is 1 if any run failed.
+fn experiment(
+    file: &std::path::Path,
+    report_only: bool,
+    dry_run: bool,
+    jobs: usize,
+) -> Result<(), Failure> {
+    use mos_runtime::experiment::{collect, finished, plan, write_report, ExperimentSpec};
+    let spec = ExperimentSpec::load(file).map_err(input_error)?;
+    let runs = plan(&spec).map_err(input_error)?;
+    let exe = std::env::current_exe().context("cannot locate the mos-runtime executable")?;
+    let logs = spec.output_dir.join("logs");
+    let total = runs.len();
+    let jobs = jobs.max(1);
+    // Parallel runs share the cores: each child gets its share of rayon threads, unless the
+    // user chose a thread count. (Results do not depend on the thread count.)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .unwrap_or_else(|| (cores / jobs).max(1).to_string());
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
+    for (k, run) in runs.iter().enumerate() {
+        let label = format!("[{}/{total}] {} seed {}", k + 1, run.cell.name, run.seed);
+        if let Some(r) = finished(run) {
+            println!("{label}: finished earlier, skipped");
+            results.push(r);
+        } else if dry_run {
+            println!(
+                "{label}: would run with --set {}",
+                run.overrides.join(" --set ")
+            );
+        } else if !report_only {
+            pending.push_back((run, label));
+        }
+    }
+    let mut running: Vec<(
+        &mos_runtime::experiment::PlannedRun,
+        String,
+        std::process::Child,
+        std::time::Instant,
+        PathBuf,
+    )> = Vec::new();
+    while !pending.is_empty() || !running.is_empty() {
+        while running.len() < jobs {
+            let Some((run, label)) = pending.pop_front() else {
+                break;
+            };
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("cannot create {}", logs.display()))?;
+            let log_path = logs.join(format!("{}-seed-{}.log", run.cell.name, run.seed));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("cannot create {}", log_path.display()))?;
+            println!("{label}: running (log: {})", log_path.display());
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("--config").arg(&spec.base);
+            for o in &run.overrides {
+                cmd.arg("--set").arg(o);
+            }
+            // Children never serve metrics: a daemon may be using the configured port.
+            cmd.arg("--set").arg("metrics.enabled=false");
+            cmd.env("RAYON_NUM_THREADS", &threads);
+            let child = cmd
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            running.push((run, label, child, std::time::Instant::now(), log_path));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut k = 0;
+        while k < running.len() {
+            let Some(status) = running[k].2.try_wait()? else {
+                k += 1;
+                continue;
+            };
+            let (run, label, _, t0, log_path) = running.swap_remove(k);
+            let secs = t0.elapsed().as_secs_f64();
+            if !status.success() {
+                eprintln!(
+                    "{label}: FAILED ({status}) after {secs:.0} s; see {}",
+                    log_path.display()
+                );
+                failed.push(label);
+                continue;
+            }
+            match collect(run) {
+                Ok(r) => {
+                    let avg = r.eval_loss.values().sum::<f64>() / r.eval_loss.len().max(1) as f64;
+                    println!("{label}: done in {secs:.0} s, mean held-out loss {avg:.4}");
+                    results.push(r);
+                }
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    failed.push(label);
+                }
+            }
+        }
+    }
+    if dry_run {
+        return Ok(());
+    }
+    if results.is_empty() {
+        println!("no finished runs yet: nothing to report");
+    } else {
+        for f in write_report(&spec, &results).map_err(input_error)? {
+            println!("wrote {}", f.display());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{} run(s) failed: {}", failed.len(), failed.join(", ")).into())
+    }
 }
 
 fn replay(log: &std::path::Path) -> Result<(), Failure> {

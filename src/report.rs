@@ -292,7 +292,7 @@ fn from_value<T: serde::de::DeserializeOwned>(
 /// Parses every line of a JSONL file, returning (1-based line number, record). A missing file is
 /// an error when `required`, otherwise an empty log. A final line without its newline is the one a
 /// live writer may be in the middle of: it is skipped when it does not parse.
-fn read_jsonl<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_jsonl<T: serde::de::DeserializeOwned>(
     path: &Path,
     required: bool,
 ) -> Result<Vec<(usize, T)>, ReportError> {
@@ -381,7 +381,7 @@ const MARKER_MAX_POINTS: usize = 60;
 const SIZE: (u32, u32) = (960, 540);
 
 /// A line chart with one line per named series, over training steps.
-fn line_chart(
+pub(crate) fn line_chart(
     path: &Path,
     title: &str,
     y_desc: &str,

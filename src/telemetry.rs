@@ -57,6 +57,7 @@ metrics_catalogue! {
     DATA_WAIT_BATCH = "mos_trainer_data_wait_seconds", Histogram, [], "Time the trainer waited for loaders while assembling one batch; its _sum is the total wait at full resolution.";
     DATASET_SAMPLES = "mos_dataset_samples_total", Counter, ["dataset"], "Training examples drawn from each dataset.";
     EVAL_LOSS = "mos_eval_loss", Gauge, ["dataset"], "Held-out loss of each dataset at the last evaluation.";
+    EVAL_EXACT_MATCH = "mos_eval_exact_match", Gauge, ["dataset"], "Fraction of held-out short answers reproduced exactly by greedy decoding at the end of the run.";
     EVAL_DURATION = "mos_eval_duration_seconds", Histogram, [], "Wall time of one evaluation over every dataset's held-out examples.";
     LOADER_QUEUE_DEPTH = "mos_loader_queue_depth", Gauge, ["dataset"], "Examples waiting in each loader's prefetch queue.";
     LOADER_BAD_RECORDS = "mos_loader_bad_records_total", Counter, ["dataset"], "Malformed records skipped while reading each dataset.";

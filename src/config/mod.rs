@@ -296,6 +296,12 @@ pub struct TrainingConfig {
     pub on_nonfinite: NonFiniteAction,
     /// Rollbacks allowed in one process before the run stops instead.
     pub max_rollbacks: u32,
+    /// Held-out records per dataset scored by exact match of greedy decoding at the end of the
+    /// run, for datasets with `exact_match = true` (0 turns it off everywhere).
+    pub exact_match_examples: usize,
+    /// Records whose reference answer is longer than this many tokens are not used for exact
+    /// match (greedy decoding costs one forward pass per generated token).
+    pub max_answer_tokens: usize,
 }
 
 /// What happens after too many non-finite losses in a row.
@@ -338,6 +344,8 @@ impl Default for TrainingConfig {
             nonfinite_limit: 5,
             on_nonfinite: NonFiniteAction::Rollback,
             max_rollbacks: 3,
+            exact_match_examples: 32,
+            max_answer_tokens: 24,
         }
     }
 }
@@ -359,6 +367,9 @@ pub struct DataConfig {
     pub restart_backoff_ms: u64,
     /// What happens to a dataset whose loader failed more than `max_loader_restarts` times.
     pub on_loader_failure: LoaderFailureAction,
+    /// Train on these `[[datasets]]` only (by name); the others in the file are ignored. Empty:
+    /// all of them. Lets one file serve a specialist baseline (`--set 'data.only=["maths"]'`).
+    pub only: Vec<String>,
 }
 
 impl Default for DataConfig {
@@ -370,6 +381,7 @@ impl Default for DataConfig {
             max_loader_restarts: 5,
             restart_backoff_ms: 200,
             on_loader_failure: LoaderFailureAction::Stop,
+            only: Vec::new(),
         }
     }
 }
@@ -565,6 +577,15 @@ pub struct DatasetConfig {
     /// Weight for `strategy = "fixed"`.
     #[serde(default)]
     pub weight: Option<f64>,
+    /// Score this dataset's held-out records by exact match of the greedy answer at the end of
+    /// the run (prompt/response or chat records; see `answer_marker`).
+    #[serde(default)]
+    pub exact_match: bool,
+    /// For exact match: the reference answer is the text after the last occurrence of this
+    /// marker in the response (e.g. `"Answer:"`), and the response up to it is given to the
+    /// model as context. Without it the whole response is the answer.
+    #[serde(default)]
+    pub answer_marker: Option<String>,
 }
 
 impl Config {
@@ -616,6 +637,7 @@ impl Config {
         }
         let mut cfg: Config = fig.extract().map_err(|e| render_figment_error(e, &file))?;
         cfg.source = Some(path.to_path_buf());
+        cfg.apply_only()?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(cfg)
     }
@@ -654,6 +676,26 @@ impl Config {
         if let Some(p) = self.model.pretrained.as_mut() {
             fix(p);
         }
+    }
+
+    /// Keeps only the datasets named in `data.only` (an unknown name is an error naming the
+    /// key). Idempotent, so a resolved config that already lists only those loads the same.
+    fn apply_only(&mut self) -> Result<(), ConfigError> {
+        if self.data.only.is_empty() {
+            return Ok(());
+        }
+        for name in &self.data.only {
+            if self.dataset_index(name).is_none() {
+                let known: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
+                return Err(self.invalid(
+                    "data.only",
+                    format!("no dataset named {name:?} (datasets: {})", known.join(", ")),
+                ));
+            }
+        }
+        let only = self.data.only.clone();
+        self.datasets.retain(|d| only.contains(&d.name));
+        Ok(())
     }
 
     fn file_label(&self) -> String {
@@ -733,6 +775,17 @@ impl Config {
         }
         if t.seq_len < 2 {
             return Err(self.invalid("training.seq_len", "must be at least 2"));
+        }
+        if t.exact_match_examples > 0
+            && (t.max_answer_tokens == 0 || t.max_answer_tokens >= t.seq_len)
+        {
+            return Err(self.invalid(
+                "training.max_answer_tokens",
+                format!(
+                    "must be between 1 and training.seq_len - 1 = {}",
+                    t.seq_len - 1
+                ),
+            ));
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(self.invalid("training.lr", "must be a positive number"));

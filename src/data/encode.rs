@@ -152,6 +152,74 @@ fn render(record: &Record, template: ChatTemplate) -> Vec<Piece<'_>> {
     }
 }
 
+/// Token ids of `record` up to and including `prefix` as the start of its final assistant turn:
+/// the prompt the model sees when asked to produce the rest of the answer (no end markers, no
+/// EOS). `None` for plain text and for chats that do not end with an assistant turn.
+pub(crate) fn encode_context(
+    tok: &Tokenizer,
+    record: &Record,
+    template: ChatTemplate,
+    prefix: &str,
+) -> Option<Vec<u32>> {
+    use std::borrow::Cow::{Borrowed, Owned};
+    let template = template.resolve(tok);
+    let mut pieces = match (record, template) {
+        (Record::Text(_), _) => return None,
+        (Record::PromptResponse { prompt, .. }, ChatTemplate::Plain | ChatTemplate::Auto) => {
+            vec![Piece::Text(
+                Owned(format!("User: {prompt}\nAssistant: ")),
+                false,
+            )]
+        }
+        (Record::PromptResponse { prompt, .. }, ChatTemplate::Chatml) => {
+            let mut out = Vec::new();
+            chatml_message(&mut out, "user", prompt, false);
+            out.push(Piece::Special(IM_START, false));
+            out.push(Piece::Text(Borrowed("assistant\n"), false));
+            out
+        }
+        (Record::Chat(messages), t) => {
+            let (last, earlier) = messages.split_last()?;
+            if !last.is_assistant() {
+                return None;
+            }
+            let head = Record::Chat(earlier.to_vec());
+            let mut out: Vec<Piece<'static>> = render(&head, t)
+                .into_iter()
+                .map(|p| match p {
+                    Piece::Text(text, target) => Piece::Text(Owned(text.into_owned()), target),
+                    Piece::Special(name, target) => Piece::Special(name, target),
+                })
+                .collect();
+            match t {
+                ChatTemplate::Chatml => {
+                    out.push(Piece::Special(IM_START, false));
+                    out.push(Piece::Text(Owned(format!("{}\n", last.role)), false));
+                }
+                ChatTemplate::Plain | ChatTemplate::Auto => {
+                    out.push(Piece::Text(
+                        Owned(format!("{}: ", capitalise(&last.role))),
+                        false,
+                    ));
+                }
+            }
+            out
+        }
+    };
+    pieces.push(Piece::Text(Borrowed(prefix), false));
+    let mut tokens = vec![tok.bos_id()];
+    for piece in pieces {
+        match piece {
+            Piece::Text(text, _) => tokens.extend(tok.encode(&text)),
+            Piece::Special(name, _) => match tok.special(name) {
+                Some(id) => tokens.push(id),
+                None => tokens.extend(tok.encode(name)),
+            },
+        }
+    }
+    Some(tokens)
+}
+
 fn chatml_message<'a>(out: &mut Vec<Piece<'a>>, role: &str, content: &'a str, target: bool) {
     use std::borrow::Cow::{Borrowed, Owned};
     out.push(Piece::Special(IM_START, false));

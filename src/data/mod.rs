@@ -18,6 +18,7 @@
 //! worker (all blocking sends happen on the loader's own thread), install a tracing subscriber or
 //! metrics recorder, or panic on anything read from a dataset file.
 
+mod answers;
 mod chat;
 mod dataset;
 mod encode;
@@ -27,12 +28,14 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
+pub use answers::{answer_items, is_exact_match, normalize_answer, AnswerItem, AnswerSkips};
 pub use dataset::{
     epoch_order, example_at, load_dataset, probe_indices, split_fraction, Dataset, Example,
 };
 pub use encode::{encode_all, encode_record, Encoded};
 pub use loader::{LoaderActor, LoaderArgs, LoaderMsg, LoaderState, LoaderStats};
 pub use tokenizer::Tokenizer;
+pub(crate) use tokenizer::IM_END;
 
 /// One parsed training record, before rendering and tokenization.
 #[derive(Debug, Clone, PartialEq, Eq)]

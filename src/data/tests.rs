@@ -27,6 +27,8 @@ fn ds_cfg(path: PathBuf, format: DatasetFormat) -> DatasetConfig {
         eval_path: None,
         eval_fraction: Some(0.0),
         weight: None,
+        exact_match: false,
+        answer_marker: None,
     }
 }
 

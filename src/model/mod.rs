@@ -20,6 +20,7 @@
 
 mod batch;
 pub mod export;
+mod generate;
 pub mod gguf;
 mod gguf_tokenizer;
 mod llama;
@@ -33,6 +34,7 @@ mod pretrained_tests;
 mod tests;
 
 pub use batch::TokenBatch;
+pub use generate::greedy_next;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
 pub use loss::{per_example_nll, probe, ProbeStats};
 pub use pretrained::{

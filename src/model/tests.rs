@@ -582,3 +582,26 @@ fn profile_ops() {
         let _ = floats(m.layers[0].forward(x.clone(), &cos.0, &cos.1));
     });
 }
+
+#[test]
+fn greedy_next_is_the_argmax_of_each_context_alone() {
+    // Contexts of different lengths share one right-padded batch; each answer must equal the
+    // argmax of the last position when the context runs on its own.
+    let cfg = tiny(2, true);
+    let m = model::<B>(&cfg, 5);
+    let contexts: Vec<Vec<u32>> = vec![
+        (0..11).map(|i| (i * 5 % 32) as u32).collect(),
+        vec![3, 1, 4],
+        (0..20).map(|i| (i * 3 % 32) as u32).collect(),
+    ];
+    let got = greedy_next(&m, &contexts, 0, &Default::default());
+    let v = cfg.vocab_size;
+    for (c, g) in contexts.iter().zip(&got) {
+        let row: Vec<i64> = c.iter().map(|&x| i64::from(x)).collect();
+        let logits = floats(m.logits(m.forward_hidden(tokens::<B>(&[&row]))));
+        let last = &logits[(c.len() - 1) * v..c.len() * v];
+        let best = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+        assert_eq!(*g, best, "context of length {}", c.len());
+    }
+    assert!(greedy_next(&m, &[], 0, &Default::default()).is_empty());
+}

@@ -236,6 +236,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         nll.into_data().iter::<f32>().map(f64::from).collect()
     }
 
+    /// The greedy next token after each context ([`super::greedy_next`]), on the inner model.
+    pub fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Vec<u32> {
+        super::greedy_next(&self.model().valid(), contexts, pad, &self.device)
+    }
+
     /// Probe statistics ([`probe`]) with no gradient, on the inner model.
     pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         probe(&self.model().valid(), batch, &self.device)

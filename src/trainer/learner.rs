@@ -56,6 +56,13 @@ pub trait Learner {
     fn export_hf(&self, _tokenizer: &Tokenizer, _dir: &Path) -> Result<bool, ModelError> {
         Ok(false)
     }
+
+    /// The most likely next token after each context (token ids, BOS first, each at most
+    /// `training.seq_len` long), for the exact-match evaluation of greedy answers. `None` (the
+    /// default) means this learner cannot generate; exact match is then skipped with a log line.
+    fn greedy_next(&self, _contexts: &[Vec<u32>], _pad: u32) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Trainer<B> {
@@ -86,6 +93,9 @@ impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Traine
     fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
         crate::model::export::export_hf_dir(self.model(), tokenizer.into(), dir).map(|()| true)
     }
+    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
+        Some(crate::model::Trainer::greedy_next(self, contexts, pad))
+    }
 }
 
 impl<L: Learner + ?Sized> Learner for Box<L> {
@@ -115,5 +125,8 @@ impl<L: Learner + ?Sized> Learner for Box<L> {
     }
     fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
         (**self).export_hf(tokenizer, dir)
+    }
+    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
+        (**self).greedy_next(contexts, pad)
     }
 }

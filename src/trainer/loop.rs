@@ -124,6 +124,26 @@ pub struct RunSummary {
     pub seconds: f64,
     /// Training tokens per second over the run.
     pub tokens_per_second: f64,
+    /// Exact match of greedy answers per dataset with `exact_match = true` (empty when the run
+    /// was interrupted, already complete, or the learner cannot generate).
+    pub exact_match: Vec<ExactMatch>,
+}
+
+/// Exact-match result of one dataset (also a `run.jsonl` record of kind `exact_match`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ExactMatch {
+    /// The dataset.
+    pub dataset: String,
+    /// Answers reproduced exactly (after normalisation of case, spaces, final punctuation).
+    pub correct: usize,
+    /// Questions asked.
+    pub total: usize,
+    /// `correct / total` (0 when `total` is 0).
+    pub accuracy: f64,
+    /// Held-out records not used: no final answer, marker missing, or answer too long.
+    pub skipped: usize,
+    /// Up to three (reference, generated) pairs, for a reader of the log.
+    pub examples: Vec<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -146,6 +166,12 @@ enum RunEvent<'a> {
     },
     Probe {
         step: u64,
+        seconds: f64,
+    },
+    #[serde(rename = "exact_match")]
+    ExactMatch {
+        step: u64,
+        results: &'a [ExactMatch],
         seconds: f64,
     },
 }
@@ -707,6 +733,7 @@ pub fn run_with_learner<L: Learner>(
         last_loss = (window_loss / window_steps as f64) as f32;
     }
     let already_complete = resumed_from == Some(step);
+    let final_eval = !interrupted && !already_complete;
     let eval = if interrupted {
         tracing::info!(step, "stop requested: skipping the final evaluation");
         Vec::new()
@@ -720,6 +747,22 @@ pub fn run_with_learner<L: Learner>(
         let ev = evaluate(&trainer, &eval_sets, &names);
         log_eval(&mut runlog, step, ev.clone())?;
         ev.0
+    };
+    let exact_match = if final_eval {
+        let t0 = Instant::now();
+        let results = exact_match(&trainer, &ctx, &cfg);
+        if !results.is_empty() {
+            runlog
+                .write(&RunEvent::ExactMatch {
+                    step,
+                    results: &results,
+                    seconds: t0.elapsed().as_secs_f64(),
+                })
+                .map_err(|e| TrainerError::Io(e.to_string()))?;
+        }
+        results
+    } else {
+        Vec::new()
     };
     // A final checkpoint, on a stop request (SIGTERM) as at the normal end, so that a restart
     // continues (or a longer max_steps extends the run) from here.
@@ -757,7 +800,107 @@ pub fn run_with_learner<L: Learner>(
         last_checkpoint,
         seconds,
         tokens_per_second: total_tokens as f64 / seconds.max(1e-9),
+        exact_match,
     })
+}
+
+/// Exact match of greedy answers on the held-out records of every dataset with
+/// `exact_match = true`: at most `training.exact_match_examples` questions each, all of a
+/// dataset's questions decoded together, one token per forward pass, each stopping at the end
+/// of its turn (EOS, `<|im_end|>`) or two tokens past the reference answer's length.
+fn exact_match<L: Learner>(trainer: &L, ctx: &TrainerCtx, cfg: &Config) -> Vec<ExactMatch> {
+    let t = &cfg.training;
+    // By name: the trainer's dataset list and the config's are the same, but a name lookup does
+    // not depend on that.
+    let wanted: Vec<(usize, &crate::config::DatasetConfig)> = ctx
+        .datasets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            cfg.datasets
+                .iter()
+                .find(|c| c.name == d.name && c.exact_match)
+                .map(|c| (i, c))
+        })
+        .collect();
+    if wanted.is_empty() || t.exact_match_examples == 0 {
+        return Vec::new();
+    }
+    let tok = &ctx.tokenizer;
+    let pad = tok.pad_id();
+    let stops: Vec<u32> = std::iter::once(tok.eos_id())
+        .chain(tok.special(crate::data::IM_END))
+        .collect();
+    let mut out = Vec::new();
+    for (i, dcfg) in wanted {
+        let d = &ctx.datasets[i];
+        let (items, skips) = crate::data::answer_items(
+            tok,
+            &d.eval,
+            cfg.model.chat_template,
+            t.seq_len,
+            dcfg.answer_marker.as_deref(),
+            t.max_answer_tokens,
+            t.exact_match_examples,
+        );
+        let skipped = skips.no_answer + skips.no_marker + skips.too_long;
+        if items.is_empty() {
+            tracing::warn!(dataset = %d.name, ?skips, "exact match: no usable held-out answer");
+            continue;
+        }
+        let mut contexts: Vec<Vec<u32>> = items.iter().map(|it| it.context.clone()).collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); items.len()];
+        let mut active: Vec<usize> = (0..items.len()).collect();
+        while !active.is_empty() {
+            let batch: Vec<Vec<u32>> = active.iter().map(|&k| contexts[k].clone()).collect();
+            let Some(next) = trainer.greedy_next(&batch, pad) else {
+                tracing::warn!("this learner cannot generate: exact match skipped");
+                return Vec::new();
+            };
+            let mut still = Vec::with_capacity(active.len());
+            for (&k, &id) in active.iter().zip(&next) {
+                if stops.contains(&id) {
+                    continue;
+                }
+                generated[k].push(id);
+                contexts[k].push(id);
+                // A context that reached seq_len, or an answer already longer than the
+                // reference allows, ends here.
+                if generated[k].len() < items[k].answer_tokens + 2 && contexts[k].len() < t.seq_len
+                {
+                    still.push(k);
+                }
+            }
+            active = still;
+        }
+        let mut correct = 0;
+        let mut examples = Vec::new();
+        for (it, ids) in items.iter().zip(&generated) {
+            let text = tok.decode(ids);
+            if crate::data::is_exact_match(&text, &it.answer) {
+                correct += 1;
+            }
+            if examples.len() < 3 {
+                examples.push((it.answer.clone(), text.trim().to_string()));
+            }
+        }
+        let accuracy = correct as f64 / items.len() as f64;
+        metrics::gauge!(telemetry::EVAL_EXACT_MATCH, "dataset" => d.name.clone()).set(accuracy);
+        tracing::info!(
+            dataset = %d.name,
+            "exact match {correct}/{} = {accuracy:.3} ({skipped} held-out records not usable)",
+            items.len()
+        );
+        out.push(ExactMatch {
+            dataset: d.name.clone(),
+            correct,
+            total: items.len(),
+            accuracy,
+            skipped,
+            examples,
+        });
+    }
+    out
 }
 
 /// Outcome of waiting for one example.
