@@ -272,7 +272,7 @@ fn section_train(shapes: &[Shape], warmup: usize, steps: usize, peak_gflops: f64
         ],
         &rows,
     );
-    if let Some(last) = rows.last() {
+    if let Some(last) = rows.last().filter(|r| r[0].starts_with("25M")) {
         let pct: f64 = last[7].trim_end_matches('%').parse().unwrap_or(0.0);
         println!(
             "Target: the 25M model at >= 30% of peak: {} ({pct:.1}%).\n",
