@@ -578,8 +578,8 @@ fn profile_ops() {
         let _ = floats(m.forward_hidden(toks.clone()));
     });
     time("layer0", &mut || {
-        let cos = m.rope_cos_for_test(128);
-        let _ = floats(m.layers[0].forward(x.clone(), &cos.0, &cos.1));
+        let rope = m.rope_for_test(128);
+        let _ = floats(m.layers[0].forward(x.clone(), &rope));
     });
 }
 
