@@ -84,5 +84,11 @@ if has train; then run train_step -- hotspots; fi
     echo "| command | \`$(env | grep -E '^(BENCH_[A-Z0-9_]+|MOS_PYTHON|RAYON_NUM_THREADS|OMP_[A-Z_]+)=' | sort | tr '\n' ' ')scripts/bench.sh${args:+ $args}\` |"
     echo
     cat "$tmp/body.md"
+    # The hand-written reading (what limits a missed target, with the profile behind it) is kept
+    # in benches/reading.md so that regenerating the tables never loses it.
+    if [ -f benches/reading.md ]; then
+        echo
+        cat benches/reading.md
+    fi
 } >"$out"
 echo "wrote $out" >&2

@@ -115,6 +115,10 @@ pub struct ExperimentSpec {
     /// The skill the specialist cells aim at (their table reports it).
     #[serde(default)]
     pub target: Option<String>,
+    /// A general cell every other general cell is compared with seed by seed (same seed: same
+    /// initial weights and data order), which cancels most of the seed-to-seed spread.
+    #[serde(default)]
+    pub baseline: Option<String>,
     /// The strategies.
     pub cells: Vec<CellSpec>,
 }
@@ -174,6 +178,18 @@ impl ExperimentSpec {
                 return Err(invalid(
                     format!("cells[{i}].name"),
                     format!("{:?} is used by two cells", c.name),
+                ));
+            }
+        }
+        if let Some(b) = &spec.baseline {
+            if !spec
+                .cells
+                .iter()
+                .any(|c| &c.name == b && c.group == Group::General)
+            {
+                return Err(invalid(
+                    "baseline".into(),
+                    format!("{b:?} is not the name of a general cell"),
                 ));
             }
         }
@@ -474,6 +490,53 @@ pub fn write_report(
         let (m, sd) = mean_std(&macros);
         macro_means.push((c.name.clone(), m, sd));
         md.push_str(&format!(" **{}** | {} |\n", pm(&macros, 3), runs.len()));
+    }
+    // Table 1b: paired differences to the baseline, seed by seed.
+    if let Some(base) = &spec.baseline {
+        let base_runs = by_cell(base);
+        md.push_str(&format!(
+            "\n### Paired difference to `{base}` (same seed; cell minus {base}, negative is better)\n\n| strategy |"
+        ));
+        for s in &skills {
+            md.push_str(&format!(" {s} |"));
+        }
+        md.push_str(" macro-avg | seeds better on macro-avg |\n|---|");
+        md.push_str(&"---:|".repeat(skills.len() + 2));
+        md.push('\n');
+        for c in spec
+            .cells
+            .iter()
+            .filter(|c| c.group == Group::General && &c.name != base)
+        {
+            let pairs: Vec<(&RunResult, &RunResult)> = by_cell(&c.name)
+                .into_iter()
+                .filter_map(|r| base_runs.iter().find(|b| b.seed == r.seed).map(|b| (r, *b)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            md.push_str(&format!("| {} |", c.name));
+            for s in &skills {
+                let d: Vec<f64> = pairs
+                    .iter()
+                    .filter_map(|(r, b)| Some(r.eval_loss.get(s)? - b.eval_loss.get(s)?))
+                    .collect();
+                md.push_str(&format!(" {} |", pm(&d, 3)));
+            }
+            let macro_of = |r: &RunResult| {
+                skills
+                    .iter()
+                    .filter_map(|s| r.eval_loss.get(s))
+                    .sum::<f64>()
+                    / skills.len() as f64
+            };
+            let d: Vec<f64> = pairs
+                .iter()
+                .map(|(r, b)| macro_of(r) - macro_of(b))
+                .collect();
+            let better = d.iter().filter(|x| **x < 0.0).count();
+            md.push_str(&format!(" **{}** | {better} of {} |\n", pm(&d, 4), d.len()));
+        }
     }
     // Table 2: perplexity.
     md.push_str("\n### Held-out perplexity (exp of the loss above, per seed, then averaged)\n\n| strategy |");

@@ -36,6 +36,7 @@ base = "base.toml"
 output_dir = "{}"
 seeds = [1, 2]
 target = "maths"
+baseline = "uniform"
 set = ["scheduler.update_every=2", "scheduler.probe_size=4"]
 {cells}
 "#,
@@ -72,6 +73,8 @@ fn grid_runs_reports_and_resumes() {
     let report = dir.path().join("grid/report");
     let md = std::fs::read_to_string(report.join("results.md")).unwrap();
     for needle in [
+        "Paired difference to `uniform`",
+        "seeds better on macro-avg",
         "| uniform |",
         "| mos-diff |",
         "| maths-only |",

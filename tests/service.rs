@@ -896,7 +896,10 @@ fn a_training_runs_recorded_rewards_replay_through_the_service_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     let extra = "[scheduler]\nstrategy = \"mos\"\nreward = \"diff\"\nema = true\nupdate_every = 4\nprobe_size = 8\nscorer_lr = 0.001";
-    let cfg = load_tiny(dir.path(), "run", 32, extra);
+    let mut cfg = load_tiny(dir.path(), "run", 32, extra);
+    // Deterministic mode never drops a report, so a loaded machine still yields every update
+    // this test counts on (a slow scheduler otherwise makes the trainer skip probe reports).
+    cfg.runtime.deterministic = true;
     tokio_rt().block_on(async {
         mos_runtime::runtime::Runtime::start(cfg)
             .await
