@@ -391,6 +391,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExperimentError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// A cell's name with the mean and standard deviation of one quantity over its seeds.
+type CellStat = (String, f64, f64);
+
 /// Mean and sample standard deviation (0 for a single value).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -463,7 +466,7 @@ pub fn write_report(
     md.push_str(" macro-avg | n |\n|---|");
     md.push_str(&"---:|".repeat(skills.len() + 2));
     md.push('\n');
-    let mut macro_means: Vec<(String, f64, f64)> = Vec::new();
+    let mut macro_means: Vec<CellStat> = Vec::new();
     for c in spec.cells.iter().filter(|c| c.group == Group::General) {
         let runs = by_cell(&c.name);
         if runs.is_empty() {
@@ -641,7 +644,7 @@ pub fn write_report(
     // Winners: per skill, the best general cell and its margin over the runner-up, next to the
     // larger of their two seed spreads, so a reader sees at once whether the gap is noise.
     md.push_str("\n### Best general strategy per skill\n\n| skill | best | runner-up | gap | larger std of the two |\n|---|---|---|---:|---:|\n");
-    let mut rows: Vec<(String, Vec<(String, f64, f64)>)> = skills
+    let mut rows: Vec<(String, Vec<CellStat>)> = skills
         .iter()
         .map(|s| {
             let v = spec

@@ -201,6 +201,15 @@ fn serve(cli: &Cli) -> Result<(), Failure> {
     })
 }
 
+/// A grid run in progress: the run, its label, the child, its start time and its log file.
+type Running<'a> = (
+    &'a mos_runtime::experiment::PlannedRun,
+    String,
+    std::process::Child,
+    std::time::Instant,
+    PathBuf,
+);
+
 /// `experiment`: every (seed, cell) not finished yet runs as `mos-runtime --config BASE --set ...`
 /// in a child process (its output in `output_dir/logs/`), `jobs` at a time, then the report is
 /// written. A failed run is reported and the grid goes on; the exit code is 1 if any run failed.
@@ -240,13 +249,7 @@ fn experiment(
             pending.push_back((run, label));
         }
     }
-    let mut running: Vec<(
-        &mos_runtime::experiment::PlannedRun,
-        String,
-        std::process::Child,
-        std::time::Instant,
-        PathBuf,
-    )> = Vec::new();
+    let mut running: Vec<Running> = Vec::new();
     while !pending.is_empty() || !running.is_empty() {
         while running.len() < jobs {
             let Some((run, label)) = pending.pop_front() else {
