@@ -795,6 +795,13 @@ mod tests {
         );
         let e = ExperimentSpec::load(&p).unwrap_err().to_string();
         assert!(e.contains("target"), "{e}");
+        let p = write(
+            dir.path(),
+            "e5.toml",
+            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1]\nbaseline = \"zzz\"\n[[cells]]\nname = \"a\"\n",
+        );
+        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
+        assert!(e.contains("baseline") && e.contains("zzz"), "{e}");
     }
 
     #[test]

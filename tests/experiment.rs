@@ -36,11 +36,15 @@ base = "base.toml"
 output_dir = "{}"
 seeds = [1, 2]
 target = "maths"
-baseline = "uniform"
-set = ["scheduler.update_every=2", "scheduler.probe_size=4"]
+{baseline}set = ["scheduler.update_every=2", "scheduler.probe_size=4"]
 {cells}
 "#,
-            out.display()
+            out.display(),
+            baseline = if cells.contains("name = \"uniform\"") {
+                "baseline = \"uniform\"\n"
+            } else {
+                ""
+            },
         ),
     )
 }
