@@ -29,11 +29,8 @@ use std::time::{Duration, Instant};
 
 use common::{env_usize, mean, median, progress, quick, table, verdict_at_least, verdict_at_most};
 use mos_runtime::config::Config;
-use mos_runtime::data::{LoaderActor, LoaderArgs};
 use mos_runtime::model::TokenBatch;
 use mos_runtime::runtime::{prepare, Runtime, StartOptions};
-use mos_runtime::trainer::stream_seed;
-use ractor::Actor;
 
 /// Steps at the start of each run left out of the timing (allocation and cache warm-up).
 const WARMUP_STEPS: usize = 5;
@@ -327,30 +324,7 @@ fn loader_rate(rt: &tokio::runtime::Runtime, seconds: f64) -> (f64, f64, usize) 
     let batch = cfg.training.batch_size;
     let pad = prepared.tokenizer.pad_id();
     let (examples, elapsed, batch_secs) = rt.block_on(async {
-        let mut receivers = Vec::new();
-        let mut actors = Vec::new();
-        for (i, ds) in prepared.datasets.iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::bounded(cfg.data.prefetch);
-            let (actor, handle) = Actor::spawn(
-                None,
-                LoaderActor,
-                LoaderArgs {
-                    dataset_index: i,
-                    dataset: ds.clone(),
-                    tokenizer: prepared.tokenizer.clone(),
-                    template: cfg.model.chat_template,
-                    seq_len: cfg.training.seq_len,
-                    seed: stream_seed(cfg.runtime.seed, "data"),
-                    start_at: 0,
-                    position: Arc::new(AtomicU64::new(0)),
-                    sender: tx,
-                },
-            )
-            .await
-            .expect("spawn loader");
-            receivers.push(rx);
-            actors.push((actor, handle));
-        }
+        let (receivers, actors) = common::spawn_loaders(&prepared).await;
         // Let every queue fill first, then count only what is produced while the consumer
         // drains them round-robin on its own thread, as fast as the loaders refill them.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -17,13 +17,11 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{median, percentile, progress, quick, rss_bytes, table, verdict_at_most};
 use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Strategy};
-use mos_runtime::data::{LoaderActor, LoaderArgs};
 use mos_runtime::mixture::{MosScheduler, ProbeInput};
 use mos_runtime::reward::{ProbeReport, RewardActor, RewardArgs, RewardMsg};
 use mos_runtime::runtime::prepare;
@@ -296,33 +294,7 @@ fn memory(n: usize, rt: &tokio::runtime::Runtime, tmp: &Path) -> (f64, f64, usiz
     let prepared = prepare(cfg).expect("prepare");
     let loaded = rss_bytes();
     let cfg = prepared.cfg.clone();
-    let (receivers, actors) = rt.block_on(async {
-        let mut receivers = Vec::new();
-        let mut actors = Vec::new();
-        for (i, ds) in prepared.datasets.iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::bounded(cfg.data.prefetch);
-            let (actor, handle) = Actor::spawn(
-                None,
-                LoaderActor,
-                LoaderArgs {
-                    dataset_index: i,
-                    dataset: ds.clone(),
-                    tokenizer: prepared.tokenizer.clone(),
-                    template: cfg.model.chat_template,
-                    seq_len: cfg.training.seq_len,
-                    seed: stream_seed(cfg.runtime.seed, "data"),
-                    start_at: 0,
-                    position: Arc::new(AtomicU64::new(0)),
-                    sender: tx,
-                },
-            )
-            .await
-            .expect("spawn loader");
-            receivers.push(rx);
-            actors.push((actor, handle));
-        }
-        (receivers, actors)
-    });
+    let (receivers, actors) = rt.block_on(common::spawn_loaders(&prepared));
     // Wait until every queue is full: the loaders are then idle, blocked on their queue.
     let deadline = Instant::now() + Duration::from_secs(120);
     while receivers.iter().any(|r| !r.is_full()) && Instant::now() < deadline {

@@ -764,44 +764,43 @@ mod tests {
     #[test]
     fn spec_errors_name_the_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(
-            dir.path(),
-            "e.toml",
-            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1, 1]\n[[cells]]\nname = \"a\"\n",
-        );
-        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("e.toml") && e.contains("seeds") && e.contains("twice"),
-            "{e}"
-        );
-        let p = write(
-            dir.path(),
-            "e2.toml",
-            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1]\n[[cells]]\nname = \"a/b\"\n",
-        );
-        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
-        assert!(e.contains("cells[0].name"), "{e}");
-        let p = write(
-            dir.path(),
-            "e3.toml",
-            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1]\nbogus = 1\n[[cells]]\nname = \"a\"\n",
-        );
-        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
-        assert!(e.contains("e3.toml") && e.contains("bogus"), "{e}");
-        let p = write(
-            dir.path(),
-            "e4.toml",
-            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1]\n[[cells]]\nname = \"a\"\ngroup = \"specialist\"\n",
-        );
-        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
-        assert!(e.contains("target"), "{e}");
-        let p = write(
-            dir.path(),
-            "e5.toml",
-            "base = \"b.toml\"\noutput_dir = \"o\"\nseeds = [1]\nbaseline = \"zzz\"\n[[cells]]\nname = \"a\"\n",
-        );
-        let e = ExperimentSpec::load(&p).unwrap_err().to_string();
-        assert!(e.contains("baseline") && e.contains("zzz"), "{e}");
+        // (file name, text after the common head, words the error must contain)
+        let cases: [(&str, &str, &[&str]); 5] = [
+            (
+                "e1.toml",
+                "seeds = [1, 1]\n[[cells]]\nname = \"a\"\n",
+                &["seeds", "twice"],
+            ),
+            (
+                "e2.toml",
+                "seeds = [1]\n[[cells]]\nname = \"a/b\"\n",
+                &["cells[0].name"],
+            ),
+            (
+                "e3.toml",
+                "seeds = [1]\nbogus = 1\n[[cells]]\nname = \"a\"\n",
+                &["bogus"],
+            ),
+            (
+                "e4.toml",
+                "seeds = [1]\n[[cells]]\nname = \"a\"\ngroup = \"specialist\"\n",
+                &["target"],
+            ),
+            (
+                "e5.toml",
+                "seeds = [1]\nbaseline = \"zzz\"\n[[cells]]\nname = \"a\"\n",
+                &["baseline", "zzz"],
+            ),
+        ];
+        for (name, body, needles) in cases {
+            let text = format!("base = \"b.toml\"\noutput_dir = \"o\"\n{body}");
+            let p = write(dir.path(), name, &text);
+            let e = ExperimentSpec::load(&p).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+            for n in needles {
+                assert!(e.contains(n), "`{n}` missing from: {e}");
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,53 @@
 //! hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
+
+use mos_runtime::data::{Example, LoaderActor, LoaderArgs};
+use mos_runtime::runtime::Prepared;
+use mos_runtime::trainer::stream_seed;
+use ractor::{Actor, ActorRef};
+
+/// One started loader actor per prepared dataset, each filling its own bounded queue of
+/// `data.prefetch` examples (as the runtime wires them), with the receivers in dataset order.
+pub async fn spawn_loaders(
+    prepared: &Prepared,
+) -> (
+    Vec<crossbeam_channel::Receiver<Example>>,
+    Vec<(
+        ActorRef<mos_runtime::data::LoaderMsg>,
+        tokio::task::JoinHandle<()>,
+    )>,
+) {
+    let cfg = &prepared.cfg;
+    let mut receivers = Vec::new();
+    let mut actors = Vec::new();
+    for (i, ds) in prepared.datasets.iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded(cfg.data.prefetch);
+        let (actor, handle) = Actor::spawn(
+            None,
+            LoaderActor,
+            LoaderArgs {
+                dataset_index: i,
+                dataset: ds.clone(),
+                tokenizer: prepared.tokenizer.clone(),
+                template: cfg.model.chat_template,
+                seq_len: cfg.training.seq_len,
+                seed: stream_seed(cfg.runtime.seed, "data"),
+                start_at: 0,
+                position: Arc::new(AtomicU64::new(0)),
+                sender: tx,
+            },
+        )
+        .await
+        .expect("spawn loader");
+        receivers.push(rx);
+        actors.push((actor, handle));
+    }
+    (receivers, actors)
+}
 
 /// True when `BENCH_QUICK=1`: every driver shrinks its sizes to a smoke run of seconds.
 pub fn quick() -> bool {
