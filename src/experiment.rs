@@ -417,6 +417,32 @@ fn pm(values: &[f64], digits: usize) -> String {
     }
 }
 
+/// Writes a Markdown table's first two lines: `strategy`, one right-aligned column per skill,
+/// then the `extra` columns.
+fn table_header(md: &mut String, skills: &[String], extra: &[&str]) {
+    md.push_str("| strategy |");
+    for col in skills
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        md.push_str(&format!(" {col} |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(skills.len() + extra.len()));
+    md.push('\n');
+}
+
+/// The macro-average over `skills` of `f(held-out loss)` for one run (the same divisor for
+/// every run, so a run missing a skill is not flattered).
+fn macro_avg(r: &RunResult, skills: &[String], f: impl Fn(f64) -> f64) -> f64 {
+    skills
+        .iter()
+        .filter_map(|s| r.eval_loss.get(s).map(|&l| f(l)))
+        .sum::<f64>()
+        / skills.len() as f64
+}
+
 /// Writes the grid's report into `<output_dir>/report/`: `results.md` (the tables),
 /// `results.json` (every run's result) and `mixture-<cell>.svg` (the mean mixture trajectory
 /// over seeds of each cell whose mixture moves). Returns the files written.
@@ -459,13 +485,8 @@ pub fn write_report(
         spec.seeds
     ));
     // Table 1: held-out loss per skill and the macro-average.
-    md.push_str("### Held-out loss (nats per target token; lower is better)\n\n| strategy |");
-    for s in &skills {
-        md.push_str(&format!(" {s} |"));
-    }
-    md.push_str(" macro-avg | n |\n|---|");
-    md.push_str(&"---:|".repeat(skills.len() + 2));
-    md.push('\n');
+    md.push_str("### Held-out loss (nats per target token; lower is better)\n\n");
+    table_header(&mut md, &skills, &["macro-avg", "n"]);
     let mut macro_means: Vec<CellStat> = Vec::new();
     for c in spec.cells.iter().filter(|c| c.group == Group::General) {
         let runs = by_cell(&c.name);
@@ -480,16 +501,7 @@ pub fn write_report(
                 .collect();
             md.push_str(&format!(" {} |", pm(&v, 3)));
         }
-        let macros: Vec<f64> = runs
-            .iter()
-            .map(|r| {
-                skills
-                    .iter()
-                    .filter_map(|s| r.eval_loss.get(s))
-                    .sum::<f64>()
-                    / skills.len() as f64
-            })
-            .collect();
+        let macros: Vec<f64> = runs.iter().map(|r| macro_avg(r, &skills, |l| l)).collect();
         let (m, sd) = mean_std(&macros);
         macro_means.push((c.name.clone(), m, sd));
         md.push_str(&format!(" **{}** | {} |\n", pm(&macros, 3), runs.len()));
@@ -498,14 +510,13 @@ pub fn write_report(
     if let Some(base) = &spec.baseline {
         let base_runs = by_cell(base);
         md.push_str(&format!(
-            "\n### Paired difference to `{base}` (same seed; cell minus {base}, negative is better)\n\n| strategy |"
+            "\n### Paired difference to `{base}` (same seed; cell minus {base}, negative is better)\n\n"
         ));
-        for s in &skills {
-            md.push_str(&format!(" {s} |"));
-        }
-        md.push_str(" macro-avg | seeds better on macro-avg |\n|---|");
-        md.push_str(&"---:|".repeat(skills.len() + 2));
-        md.push('\n');
+        table_header(
+            &mut md,
+            &skills,
+            &["macro-avg", "seeds better on macro-avg"],
+        );
         for c in spec
             .cells
             .iter()
@@ -526,29 +537,17 @@ pub fn write_report(
                     .collect();
                 md.push_str(&format!(" {} |", pm(&d, 3)));
             }
-            let macro_of = |r: &RunResult| {
-                skills
-                    .iter()
-                    .filter_map(|s| r.eval_loss.get(s))
-                    .sum::<f64>()
-                    / skills.len() as f64
-            };
             let d: Vec<f64> = pairs
                 .iter()
-                .map(|(r, b)| macro_of(r) - macro_of(b))
+                .map(|(r, b)| macro_avg(r, &skills, |l| l) - macro_avg(b, &skills, |l| l))
                 .collect();
             let better = d.iter().filter(|x| **x < 0.0).count();
             md.push_str(&format!(" **{}** | {better} of {} |\n", pm(&d, 4), d.len()));
         }
     }
     // Table 2: perplexity.
-    md.push_str("\n### Held-out perplexity (exp of the loss above, per seed, then averaged)\n\n| strategy |");
-    for s in &skills {
-        md.push_str(&format!(" {s} |"));
-    }
-    md.push_str(" macro-avg |\n|---|");
-    md.push_str(&"---:|".repeat(skills.len() + 1));
-    md.push('\n');
+    md.push_str("\n### Held-out perplexity (exp of the loss above, per seed, then averaged)\n\n");
+    table_header(&mut md, &skills, &["macro-avg"]);
     for c in spec.cells.iter().filter(|c| c.group == Group::General) {
         let runs = by_cell(&c.name);
         if runs.is_empty() {
@@ -564,13 +563,7 @@ pub fn write_report(
         }
         let macros: Vec<f64> = runs
             .iter()
-            .map(|r| {
-                skills
-                    .iter()
-                    .filter_map(|s| r.eval_loss.get(s).map(|l| l.exp()))
-                    .sum::<f64>()
-                    / skills.len() as f64
-            })
+            .map(|r| macro_avg(r, &skills, f64::exp))
             .collect();
         md.push_str(&format!(" {} |\n", pm(&macros, 2)));
     }
