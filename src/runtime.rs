@@ -361,7 +361,12 @@ fn run_on_backend(
     #[allow(unused_variables)] device_index: usize,
 ) -> Result<RunSummary, TrainerError> {
     match backend {
-        Backend::Cpu => run_training::<crate::model::CpuAutodiff>(ctx, crate::model::cpu_device()),
+        Backend::Cpu => match ctx.cfg.training.cpu_kernels {
+            crate::config::CpuKernels::Fused => crate::trainer::run_training_fused(ctx),
+            crate::config::CpuKernels::Burn => {
+                run_training::<crate::model::CpuAutodiff>(ctx, crate::model::cpu_device())
+            }
+        },
         #[cfg(feature = "cuda")]
         Backend::Cuda => run_training::<crate::model::CudaAutodiff>(
             ctx,

@@ -20,6 +20,7 @@
 
 mod batch;
 pub mod export;
+mod fused;
 mod generate;
 pub mod gguf;
 mod gguf_tokenizer;
@@ -34,6 +35,7 @@ mod pretrained_tests;
 mod tests;
 
 pub use batch::TokenBatch;
+pub use fused::FusedTrainer;
 pub use generate::greedy_next;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
 pub use loss::{per_example_nll, probe, ProbeStats};

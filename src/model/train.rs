@@ -298,6 +298,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// run that was saved (bit-exact on CPU). The hyper-parameters are this trainer's.
     pub fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join(STATE_TRAINER);
+        if !path.exists() && dir.join(super::fused::STATE_FUSED).exists() {
+            return Err(ModelError::Record {
+                path: dir.to_path_buf(),
+                message: "this checkpoint was written by the fused CPU trainer \
+                          (training.cpu_kernels = \"fused\"); resume it with that setting"
+                    .into(),
+            });
+        }
         let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
             source,

@@ -98,6 +98,39 @@ impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Traine
     }
 }
 
+impl Learner for crate::model::FusedTrainer {
+    fn step(&self) -> u64 {
+        crate::model::FusedTrainer::step(self)
+    }
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        crate::model::FusedTrainer::train_step(self, batch)
+    }
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        crate::model::FusedTrainer::eval_nll(self, batch)
+    }
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        crate::model::FusedTrainer::probe(self, batch)
+    }
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        crate::model::FusedTrainer::save_state(self, dir)
+    }
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        crate::model::FusedTrainer::load_state(self, dir)
+    }
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
+        crate::model::FusedTrainer::save_weights(self, path)
+    }
+    fn poison_next_step(&mut self) {
+        crate::model::FusedTrainer::poison_next_step(self)
+    }
+    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
+        crate::model::export::export_hf_dir(&self.to_burn(), tokenizer.into(), dir).map(|()| true)
+    }
+    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
+        Some(crate::model::FusedTrainer::greedy_next(self, contexts, pad))
+    }
+}
+
 impl<L: Learner + ?Sized> Learner for Box<L> {
     fn step(&self) -> u64 {
         (**self).step()

@@ -244,6 +244,41 @@ pub fn run_training<B: AutodiffBackend>(
     run_with_learner(ctx, Trainer::new(model, hyper, device))
 }
 
+/// Runs the whole training loop on the CPU with the fused trainer
+/// ([`FusedTrainer`](crate::model::FusedTrainer), `training.cpu_kernels = "fused"`): the same
+/// initial weights as [`run_training`] on the CPU, the same function, about 2-3x the speed.
+/// A pretrained model the fused kernels do not cover (projection biases) falls back to burn's
+/// trainer with a warning.
+pub fn run_training_fused(ctx: TrainerCtx) -> Result<RunSummary, TrainerError> {
+    use crate::model::{CpuAutodiff, CpuBackend, FusedTrainer};
+    let cfg = ctx.cfg.clone();
+    let device = crate::model::cpu_device();
+    let model = match &cfg.model.pretrained {
+        Some(path) => crate::model::load_for_training::<CpuBackend>(
+            path,
+            cfg.training.seq_len,
+            &ctx.tokenizer,
+            &device,
+        )
+        .map_err(|e| TrainerError::Model(e.to_string()))?,
+        None => ctx
+            .model_shape
+            .init_seeded::<CpuBackend>(stream_seed(cfg.runtime.seed, "model"), &device),
+    };
+    match FusedTrainer::new(model, train_hyper(&cfg)) {
+        Ok(fused) => {
+            tracing::info!(
+                "training on the CPU with the fused kernels (training.cpu_kernels = \"fused\")"
+            );
+            run_with_learner(ctx, fused)
+        }
+        Err(e) => {
+            tracing::warn!("{e}: training with burn's trainer instead");
+            run_training::<CpuAutodiff>(ctx, device)
+        }
+    }
+}
+
 /// Runs the whole training loop with any [`Learner`] on the calling thread: the built-in burn
 /// trainer or a host's own model.
 pub fn run_with_learner<L: Learner>(

@@ -17,8 +17,8 @@ mod unigram;
 
 pub use learner::Learner;
 pub use r#loop::{
-    llama_config, run_training, run_with_learner, stream_seed, train_hyper, ExactMatch, Resume,
-    RunSummary, TrainerCtx, TrainerError,
+    llama_config, run_training, run_training_fused, run_with_learner, stream_seed, train_hyper,
+    ExactMatch, Resume, RunSummary, TrainerCtx, TrainerError,
 };
 pub use unigram::UnigramLearner;
 
