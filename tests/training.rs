@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mos_runtime::config::CpuKernels;
 use mos_runtime::runtime::Runtime;
 
 #[test]
@@ -176,4 +177,70 @@ fn sigterm_finishes_the_step_writes_outputs_and_exits_zero() {
     // The stop wrote a complete checkpoint at the step it stopped on.
     let (_, manifest) = mos_runtime::checkpoint::latest_valid(&out).expect("a checkpoint");
     assert!(manifest.step >= 5, "{err}");
+}
+
+/// The CPU runs with the fused trainer unless told otherwise, and both CPU trainers train the
+/// same model the same way: the same first loss (same initial weights, same batch), losses
+/// that stay together, and each checkpoint names the trainer that wrote it.
+#[test]
+fn fused_and_burn_cpu_trainers_run_the_same_training() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let extra = "[scheduler]\nstrategy = \"temperature\"";
+    let runtime = tokio_rt();
+    let mut runs = Vec::new();
+    for (out, kernels) in [("fused", None), ("burn", Some(CpuKernels::Burn))] {
+        let mut cfg = load_tiny(dir.path(), out, 30, extra);
+        // "fused" is the default: the first run leaves the key alone.
+        assert_eq!(cfg.training.cpu_kernels, CpuKernels::Fused);
+        if let Some(k) = kernels {
+            cfg.training.cpu_kernels = k;
+        }
+        let summary = runtime.block_on(async {
+            let h = Runtime::start(cfg).await.unwrap();
+            h.wait().await.unwrap()
+        });
+        let ckpt = summary.last_checkpoint.clone().expect("a final checkpoint");
+        let files: Vec<String> = walk(&ckpt);
+        runs.push((summary, files));
+    }
+    let (fused, fused_files) = &runs[0];
+    let (burn, burn_files) = &runs[1];
+    assert!(
+        (fused.first_loss - burn.first_loss).abs() < 1e-4 * burn.first_loss,
+        "first loss {} (fused) vs {} (burn)",
+        fused.first_loss,
+        burn.first_loss
+    );
+    assert!(
+        (fused.last_loss - burn.last_loss).abs() < 0.02 * burn.last_loss,
+        "last loss {} (fused) vs {} (burn)",
+        fused.last_loss,
+        burn.last_loss
+    );
+    for ((name, a), (_, b)) in fused.eval.iter().zip(&burn.eval) {
+        assert!(
+            (a - b).abs() < 0.02 * b,
+            "{name}: eval {a} (fused) vs {b} (burn)"
+        );
+    }
+    assert!(fused_files
+        .iter()
+        .any(|f| f.ends_with("fused_trainer.json")));
+    assert!(!burn_files.iter().any(|f| f.ends_with("fused_trainer.json")));
+    assert!(burn_files.iter().any(|f| f.ends_with("optim_decay.mpk")));
+}
+
+/// Every file path under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.to_string_lossy().into_owned());
+        }
+    }
+    out
 }

@@ -40,7 +40,10 @@ fn hyper() -> TrainHyper {
 /// Right-padded examples of different lengths, prompt tokens masked out, ids from a simple
 /// deterministic stream.
 fn batch(seed: u64, vocab: usize) -> TokenBatch {
-    let lens = [16usize, 11, 7, 14];
+    batch_of(seed, vocab, &[16, 11, 7, 14])
+}
+
+fn batch_of(seed: u64, vocab: usize, lens: &[usize]) -> TokenBatch {
     let seqs: Vec<(Vec<u32>, Vec<bool>)> = lens
         .iter()
         .enumerate()
@@ -145,13 +148,22 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn loss_and_every_gradient_match_burn_autodiff() {
-    for (tied, kv) in [(true, 2), (false, 4), (true, 1)] {
-        let c = cfg(tied, kv);
+    // The last case has sequences of up to 150 tokens: attention scores of realistic length,
+    // padding of up to 86 positions, and a softmax over more than a handful of keys.
+    let long = [150usize, 97, 64, 130];
+    for (tied, kv, lens) in [
+        (true, 2, &[16usize, 11, 7, 14][..]),
+        (false, 4, &[16, 11, 7, 14][..]),
+        (true, 1, &[16, 11, 7, 14][..]),
+        (true, 2, &long[..]),
+    ] {
+        let mut c = cfg(tied, kv);
+        c.max_seq_len = 160;
         let dev = cpu_device();
         let auto = c.init_seeded::<CpuAutodiff>(7, &dev);
         let mut fused = FusedTrainer::new(c.init_seeded::<CpuBackend>(7, &dev), hyper()).unwrap();
         for seed in 0..2 {
-            let b = batch(seed, c.vocab_size);
+            let b = batch_of(seed, c.vocab_size, lens);
             let (want_loss, want) = burn_grads(&auto, &b);
             let loss = fused.loss_and_grad(&b);
             assert!(
