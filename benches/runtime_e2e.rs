@@ -443,8 +443,10 @@ fn main() {
         .collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let q = quick();
-    let steps = env_usize("BENCH_E2E_STEPS", if q { WARMUP_STEPS + 10 } else { 150 });
-    let rounds = env_usize("BENCH_E2E_ROUNDS", if q { 1 } else { 2 });
+    // The fused CPU trainer runs the demo model at about 8 steps/s, so a run needs a few hundred
+    // steps (and three rounds) to rise above the machine's own run-to-run noise (about 5%).
+    let steps = env_usize("BENCH_E2E_STEPS", if q { WARMUP_STEPS + 10 } else { 300 });
+    let rounds = env_usize("BENCH_E2E_ROUNDS", if q { 1 } else { 3 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -456,7 +458,7 @@ fn main() {
         trainer_runs.extend(section_overhead(&rt, tmp.path(), steps, rounds));
     }
     if want("stall") {
-        let stall_steps = env_usize("BENCH_STALL_STEPS", if q { WARMUP_STEPS + 10 } else { 100 });
+        let stall_steps = env_usize("BENCH_STALL_STEPS", if q { WARMUP_STEPS + 10 } else { 250 });
         let runs = section_stall(&rt, tmp.path(), stall_steps, rounds);
         trainer_runs.extend(runs);
     }

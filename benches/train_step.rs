@@ -661,7 +661,7 @@ fn main() {
     }
     if want("pytorch") {
         let shapes = vec![demo_shape(), if q { m25_quick() } else { m25_shape() }];
-        let (warmup, steps, rounds) = if q { (1, 2, 1) } else { (2, 4, 2) };
+        let (warmup, steps, rounds) = if q { (1, 2, 1) } else { (2, 6, 3) };
         section_pytorch(&shapes, warmup, steps, rounds);
     }
 }

@@ -176,6 +176,58 @@ pub(crate) fn mm_tn(
     }
 }
 
+/// `e^x` in f32 without a libm call, so loops over it vectorise: `x = n ln2 + r` with
+/// `|r| <= ln2 / 2`, `e^r` from the Cephes `expf` polynomial, `2^n` written into the exponent
+/// bits. Relative error about 2e-7 (1-2 ulp); inputs below -87.3 give a tiny positive number
+/// instead of a subnormal, inputs above 88.7 saturate (never reached: callers subtract the row
+/// maximum first, or pass `-g` of a finite gate).
+#[inline(always)]
+pub(crate) fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer with plain adds.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Sum with eight independent accumulators: the compiler may not reorder a single f32 sum,
+/// so a plain `.sum()` runs one add at a time; eight lanes let it use vector adds.
+#[inline(always)]
+fn lane_sum(x: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (i, v) in x.enumerate() {
+        acc[i & 7] += v;
+    }
+    acc.iter().sum()
+}
+
+/// `sum(a[i] * b[i])` over eight accumulators (see [`lane_sum`]).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// RMSNorm forward over rows of width `d`: `out = x / sqrt(mean(x^2) + eps) * g`; keeps the
 /// reciprocal root per row in `r` for the backward pass.
 pub(crate) fn rmsnorm_fwd(x: &[f32], g: &[f32], eps: f32, out: &mut [f32], r: &mut [f32]) {
@@ -185,7 +237,7 @@ pub(crate) fn rmsnorm_fwd(x: &[f32], g: &[f32], eps: f32, out: &mut [f32], r: &m
         .zip(x.par_chunks(ROW_BLOCK * d))
         .for_each(|((out, r), x)| {
             for ((o, ri), xr) in out.chunks_mut(d).zip(r.iter_mut()).zip(x.chunks(d)) {
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let ms = dot(xr, xr) / d as f32;
                 let inv = 1.0 / (ms + eps).sqrt();
                 *ri = inv;
                 for ((o, &v), &gv) in o.iter_mut().zip(xr).zip(g) {
@@ -216,11 +268,8 @@ pub(crate) fn rmsnorm_bwd(
             for (((dxr, dyr), xr), &ri) in
                 dx.chunks_mut(d).zip(dy.chunks(d)).zip(x.chunks(d)).zip(r)
             {
-                let mut dot = 0.0f32;
-                for ((&dyv, &xv), &gv) in dyr.iter().zip(xr).zip(g) {
-                    dot += dyv * gv * xv;
-                }
-                let c = ri * ri * ri * dot / d as f32;
+                let ugx = lane_sum(dyr.iter().zip(xr).zip(g).map(|((&a, &b), &c)| a * b * c));
+                let c = ri * ri * ri * ugx / d as f32;
                 for ((((o, &dyv), &xv), &gv), p) in
                     dxr.iter_mut().zip(dyr).zip(xr).zip(g).zip(part.iter_mut())
                 {
@@ -366,12 +415,10 @@ fn causal_softmax_rows(pt: &mut [f32], t: usize) {
     for (i, row) in pt.chunks_mut(t).enumerate() {
         let (live, dead) = row.split_at_mut(i + 1);
         let mx = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
         for x in live.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
+            *x = exp_fast(*x - mx);
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / lane_sum(live.iter().copied());
         live.iter_mut().for_each(|x| *x *= inv);
         dead.fill(0.0);
     }
@@ -470,9 +517,9 @@ pub(crate) fn attention_bwd(
                 for i in 0..t {
                     let pr = &pt[i * t..i * t + i + 1];
                     let dr = &mut dp[i * t..(i + 1) * t];
-                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                    let row_dot = dot(pr, &dr[..=i]);
                     for (d, &pv) in dr[..=i].iter_mut().zip(pr) {
-                        *d = pv * (*d - dot) * scale;
+                        *d = pv * (*d - row_dot) * scale;
                     }
                     dr[i + 1..].fill(0.0);
                 }
@@ -517,7 +564,7 @@ pub(crate) fn swiglu_fwd(g: &[f32], u: &[f32], h: &mut [f32]) {
         .zip(u.par_chunks(4096))
         .for_each(|((h, g), u)| {
             for ((h, &gv), &uv) in h.iter_mut().zip(g).zip(u) {
-                *h = gv / (1.0 + (-gv).exp()) * uv;
+                *h = gv / (1.0 + exp_fast(-gv)) * uv;
             }
         });
 }
@@ -532,7 +579,7 @@ pub(crate) fn swiglu_bwd(g: &[f32], u: &[f32], dh_dg: &mut [f32], du: &mut [f32]
         .zip(u.par_chunks(4096))
         .for_each(|(((dh, du), g), u)| {
             for (((dh, du), &gv), &uv) in dh.iter_mut().zip(du.iter_mut()).zip(g).zip(u) {
-                let s = 1.0 / (1.0 + (-gv).exp());
+                let s = 1.0 / (1.0 + exp_fast(-gv));
                 *du = *dh * gv * s;
                 *dh *= uv * s * (1.0 + gv * (1.0 - s));
             }
@@ -563,13 +610,13 @@ pub(crate) fn cross_entropy(
                 return;
             }
             let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&x| (x - mx).exp()).sum();
+            let sum = lane_sum(row.iter().map(|&x| exp_fast(x - mx)));
             let lse = mx + sum.ln();
             *out = wt * (lse - row[y]);
             if let Some(c) = grad_scale {
                 let k = c * wt;
                 for x in row.iter_mut() {
-                    *x = (*x - lse).exp() * k;
+                    *x = exp_fast(*x - lse) * k;
                 }
                 row[y] -= k;
             }
@@ -584,4 +631,38 @@ pub(crate) fn sum_squares(x: &[f32]) -> f64 {
         .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
         .collect();
     parts.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_fast_is_within_a_few_ulp_of_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_fast(x));
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_37;
+        }
+        assert!(worst < 5e-7, "largest relative error {worst}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert!(exp_fast(-1000.0) >= 0.0 && exp_fast(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn lane_sums_equal_plain_sums_up_to_rounding() {
+        let a: Vec<f32> = (0..1037)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..1037)
+            .map(|i| ((i * 13 % 89) as f32 - 44.0) / 5.0)
+            .collect();
+        let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+        assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-3 * plain.abs().max(1.0));
+        let plain: f64 = a.iter().map(|&x| f64::from(x)).sum();
+        assert!((f64::from(lane_sum(a.iter().copied())) - plain).abs() < 1e-3);
+    }
 }
