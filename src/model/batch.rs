@@ -95,13 +95,10 @@ impl TokenBatch {
         )
     }
 
-    /// Targets aligned with the prediction positions, built on the host so the device needs
-    /// no slicing: position `k` predicts token `k + 1`. Returns the target ids
-    /// `[batch, len, 1]` and their mask `[batch, len]` (the last position never predicts).
-    pub(crate) fn shifted_targets<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> (Tensor<B, 3, Int>, Tensor<B, 2>) {
+    /// Targets aligned with the prediction positions, on the host: position `k` predicts token
+    /// `k + 1`. Returns the target ids and their weights, both `[batch * len]` (the last position
+    /// never predicts). Non-targets keep id 0, so a gather by these ids is always in range.
+    pub(crate) fn shifted_target_ids(&self) -> (Vec<i64>, Vec<f32>) {
         let (b, t) = (self.batch, self.len);
         let mut ids = vec![0i64; b * t];
         let mut mask = vec![0.0f32; b * t];
@@ -110,12 +107,22 @@ impl TokenBatch {
             for k in 0..t.saturating_sub(1) {
                 let m = self.target_mask[row + k + 1];
                 if m > 0.0 {
-                    // Non-targets keep id 0 so the gather index is always in range.
                     ids[row + k] = self.tokens[row + k + 1];
                     mask[row + k] = m;
                 }
             }
         }
+        (ids, mask)
+    }
+
+    /// [`TokenBatch::shifted_target_ids`] uploaded once, so the device needs no slicing: the
+    /// target ids `[batch, len, 1]` and their mask `[batch, len]`.
+    pub(crate) fn shifted_targets<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> (Tensor<B, 3, Int>, Tensor<B, 2>) {
+        let (b, t) = (self.batch, self.len);
+        let (ids, mask) = self.shifted_target_ids();
         (
             Tensor::from_data(TensorData::new(ids, [b, t, 1]), device),
             Tensor::from_data(TensorData::new(mask, [b, t]), device),

@@ -132,6 +132,24 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), M
     result.map_err(io_err)
 }
 
+/// Reads a whole file; the error names it.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a small JSON side file (trainer state); the error names the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<T, ModelError> {
+    serde_json::from_slice(&read_file(path)?).map_err(|source| ModelError::State {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Serialises a burn record (full precision, named MessagePack) and writes it atomically to
 /// `path`: the one on-disk format for weights and optimiser state.
 pub(crate) fn save_record<B: burn::tensor::backend::Backend, R: burn::record::Record<B>>(
@@ -155,10 +173,7 @@ pub(crate) fn load_record<B: burn::tensor::backend::Backend, R: burn::record::Re
     path: &std::path::Path,
     device: &B::Device,
 ) -> Result<R, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path)?;
     burn::record::Recorder::<B>::load(
         &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::new(),
         bytes,

@@ -306,15 +306,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .into(),
             });
         }
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let state: TrainerStateFile =
-            serde_json::from_slice(&bytes).map_err(|source| ModelError::State {
-                path: path.clone(),
-                source,
-            })?;
+        let state: TrainerStateFile = super::read_json(&path)?;
         let decay_rec = load_record::<B, _>(&dir.join(STATE_OPT_DECAY), &self.device)?;
         let no_decay_rec = load_record::<B, _>(&dir.join(STATE_OPT_NO_DECAY), &self.device)?;
         self.load_model(&dir.join(STATE_MODEL))?;

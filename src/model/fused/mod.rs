@@ -479,23 +479,12 @@ impl FusedTrainer {
         }
     }
 
-    /// Target ids and weights per position (position `k` predicts token `k + 1`), as
-    /// `TokenBatch::shifted_targets` builds them for burn.
+    /// Target ids and weights per position (position `k` predicts token `k + 1`), the same
+    /// host-side targets burn's loss uploads.
     fn shifted_targets(batch: &TokenBatch) -> (Vec<usize>, Vec<f32>) {
-        let (b, t) = (batch.batch, batch.len);
-        let mut ids = vec![0usize; b * t];
-        let mut w = vec![0.0f32; b * t];
-        for i in 0..b {
-            let row = i * t;
-            for k in 0..t.saturating_sub(1) {
-                let m = batch.target_mask[row + k + 1];
-                if m > 0.0 {
-                    ids[row + k] = batch.tokens[row + k + 1] as usize;
-                    w[row + k] = m;
-                }
-            }
-        }
-        (ids, w)
+        let (ids, w) = batch.shifted_target_ids();
+        // Ids are token ids of the batch (checked against the vocabulary by the forward pass).
+        (ids.into_iter().map(|x| x as usize).collect(), w)
     }
 
     /// The backward pass from the logits' gradient (in `acts.logits`) into `self.grad`.
@@ -842,20 +831,9 @@ impl FusedTrainer {
                     .into(),
             });
         }
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let state: FusedStateFile =
-            serde_json::from_slice(&bytes).map_err(|source| ModelError::State {
-                path: path.clone(),
-                source,
-            })?;
+        let state: FusedStateFile = super::read_json(&path)?;
         let mpath = dir.join(STATE_MOMENTS);
-        let mbytes = std::fs::read(&mpath).map_err(|source| ModelError::Io {
-            path: mpath.clone(),
-            source,
-        })?;
+        let mbytes = super::read_file(&mpath)?;
         let (m, v) =
             read_moments(&mbytes, self.layout.total).map_err(|message| ModelError::Record {
                 path: mpath.clone(),
