@@ -73,6 +73,27 @@ pub struct StepOutput {
     pub grad_norm: f32,
 }
 
+impl StepOutput {
+    /// The result of a step on a batch without targets: nothing to learn from, no update.
+    pub(crate) fn no_targets(lr: f64) -> StepOutput {
+        StepOutput {
+            loss: 0.0,
+            lr,
+            target_tokens: 0,
+            finite: true,
+            grad_norm: 0.0,
+        }
+    }
+}
+
+/// The factor that scales the gradient down to `grad_clip` when its global norm exceeds it;
+/// `None` when it does not, or when clipping is off (`<= 0` or non-finite). Same rule as
+/// `torch.nn.utils.clip_grad_norm_`: scale by clip / (norm + 1e-6).
+pub(crate) fn clip_coef(grad_clip: f64, norm: f32) -> Option<f32> {
+    (grad_clip > 0.0 && grad_clip.is_finite() && f64::from(norm) > grad_clip)
+        .then(|| (grad_clip / (f64::from(norm) + 1e-6)) as f32)
+}
+
 type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
 
 /// Owns the model being trained, its AdamW optimiser, the step counter and the schedule.
@@ -158,13 +179,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.step += 1;
         let target_tokens = batch.num_targets();
         if target_tokens == 0 {
-            return StepOutput {
-                loss: 0.0,
-                lr,
-                target_tokens,
-                finite: true,
-                grad_norm: 0.0,
-            };
+            return StepOutput::no_targets(lr);
         }
         let model = self.model.take().expect("model present");
         // `_` drops the hidden states at once: only the loss graph must survive to backward.
@@ -201,10 +216,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
         }
 
-        let clip = self.hyper.grad_clip;
-        if clip > 0.0 && clip.is_finite() && f64::from(norm_v) > clip {
-            // Same rule as torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6).
-            let coef = (clip / (f64::from(norm_v) + 1e-6)) as f32;
+        if let Some(coef) = clip_coef(self.hyper.grad_clip, norm_v) {
             model.visit(&mut ScaleGrads {
                 grads: &mut grads,
                 coef,

@@ -224,24 +224,30 @@ pub fn run_training<B: AutodiffBackend>(
     ctx: TrainerCtx,
     device: B::Device,
 ) -> Result<RunSummary, TrainerError> {
-    let cfg = ctx.cfg.clone();
-    B::seed(&device, cfg.runtime.seed);
-    // The shape `prepare` already derived (and recorded for checkpoints); not recomputed here.
-    let llama = ctx.model_shape.clone();
-    // Host-seeded initialisation: the same weights on every backend, independent of burn's
-    // process-global RNG.
-    let model = match &cfg.model.pretrained {
-        Some(path) => crate::model::load_for_training::<B>(
-            path,
-            cfg.training.seq_len,
-            &ctx.tokenizer,
-            &device,
-        )
-        .map_err(|e| TrainerError::Model(e.to_string()))?,
-        None => llama.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), &device),
-    };
-    let hyper = train_hyper(&cfg);
+    B::seed(&device, ctx.cfg.runtime.seed);
+    let model = initial_model::<B>(&ctx, &device)?;
+    let hyper = train_hyper(&ctx.cfg);
     run_with_learner(ctx, Trainer::new(model, hyper, device))
+}
+
+/// The weights a run starts from: the pretrained checkpoint, or the seeded initialisation of
+/// the shape `prepare` already derived (and recorded for checkpoints). Host-seeded, so every
+/// backend and both CPU trainers start from the same weights, independent of burn's
+/// process-global RNG.
+fn initial_model<B: burn::tensor::backend::Backend>(
+    ctx: &TrainerCtx,
+    device: &B::Device,
+) -> Result<crate::model::Llama<B>, TrainerError> {
+    let cfg = &ctx.cfg;
+    match &cfg.model.pretrained {
+        Some(path) => {
+            crate::model::load_for_training::<B>(path, cfg.training.seq_len, &ctx.tokenizer, device)
+                .map_err(|e| TrainerError::Model(e.to_string()))
+        }
+        None => Ok(ctx
+            .model_shape
+            .init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), device)),
+    }
 }
 
 /// Runs the whole training loop on the CPU with the fused trainer
@@ -251,21 +257,9 @@ pub fn run_training<B: AutodiffBackend>(
 /// trainer with a warning.
 pub fn run_training_fused(ctx: TrainerCtx) -> Result<RunSummary, TrainerError> {
     use crate::model::{CpuAutodiff, CpuBackend, FusedTrainer};
-    let cfg = ctx.cfg.clone();
     let device = crate::model::cpu_device();
-    let model = match &cfg.model.pretrained {
-        Some(path) => crate::model::load_for_training::<CpuBackend>(
-            path,
-            cfg.training.seq_len,
-            &ctx.tokenizer,
-            &device,
-        )
-        .map_err(|e| TrainerError::Model(e.to_string()))?,
-        None => ctx
-            .model_shape
-            .init_seeded::<CpuBackend>(stream_seed(cfg.runtime.seed, "model"), &device),
-    };
-    match FusedTrainer::new(model, train_hyper(&cfg)) {
+    let model = initial_model::<CpuBackend>(&ctx, &device)?;
+    match FusedTrainer::new(model, train_hyper(&ctx.cfg)) {
         Ok(fused) => {
             tracing::info!(
                 "training on the CPU with the fused kernels (training.cpu_kernels = \"fused\")"

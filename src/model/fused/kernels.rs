@@ -91,6 +91,41 @@ fn transposed(ptr: &[f32], cols: usize) -> View {
     }
 }
 
+/// `dst[m, n] (+)= a * b` for whole row-major buffers, `a` and `b` each read directly or
+/// transposed. The one place the projections' extents are checked before calling gemm.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    dst: &mut [f32],
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    acc: bool,
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // `a` is stored [m, k] or, transposed, [k, m]; `b` is stored [k, n] or [n, k].
+    let av = if a_t { transposed(a, m) } else { rows(a, k) };
+    let bv = if b_t { transposed(b, k) } else { rows(b, n) };
+    // SAFETY: the extents were checked above; `dst` is a distinct &mut borrow.
+    unsafe {
+        gemm_strided(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            n as isize,
+            acc,
+            av,
+            bv,
+            1.0,
+            true,
+        )
+    }
+}
+
 /// `dst[m, n] (+)= a[m, k] * b[k, n]`, all contiguous row-major.
 pub(crate) fn mm_nn(
     dst: &mut [f32],
@@ -101,22 +136,7 @@ pub(crate) fn mm_nn(
     n: usize,
     acc: bool,
 ) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the extents were checked above; `dst` is a distinct &mut borrow.
-    unsafe {
-        gemm_strided(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            n as isize,
-            acc,
-            rows(a, k),
-            rows(b, n),
-            1.0,
-            true,
-        )
-    }
+    mm(dst, a, false, b, false, m, k, n, acc)
 }
 
 /// `dst[m, n] (+)= a[m, k] * b^T`, where `b` is `[n, k]` row-major.
@@ -129,22 +149,7 @@ pub(crate) fn mm_nt(
     n: usize,
     acc: bool,
 ) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
-    // SAFETY: as in `mm_nn`; b^T is read through swapped strides.
-    unsafe {
-        gemm_strided(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            n as isize,
-            acc,
-            rows(a, k),
-            transposed(b, k),
-            1.0,
-            true,
-        )
-    }
+    mm(dst, a, false, b, true, m, k, n, acc)
 }
 
 /// `dst[m, n] (+)= a^T * b`, where `a` is `[k, m]` and `b` is `[k, n]` row-major (the weight
@@ -158,22 +163,7 @@ pub(crate) fn mm_tn(
     n: usize,
     acc: bool,
 ) {
-    assert!(dst.len() >= m * n && a.len() >= k * m && b.len() >= k * n);
-    // SAFETY: as in `mm_nn`; a^T is read through swapped strides.
-    unsafe {
-        gemm_strided(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            n as isize,
-            acc,
-            transposed(a, m),
-            rows(b, n),
-            1.0,
-            true,
-        )
-    }
+    mm(dst, a, true, b, false, m, k, n, acc)
 }
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `x = n ln2 + r` with

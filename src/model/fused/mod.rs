@@ -591,13 +591,7 @@ impl FusedTrainer {
         self.step += 1;
         let target_tokens = batch.num_targets();
         if target_tokens == 0 {
-            return StepOutput {
-                loss: 0.0,
-                lr,
-                target_tokens,
-                finite: true,
-                grad_norm: 0.0,
-            };
+            return StepOutput::no_targets(lr);
         }
         let mut loss = self.loss_and_grad(batch);
         if std::mem::take(&mut self.poison_next) {
@@ -639,12 +633,7 @@ impl FusedTrainer {
     /// bias-corrected update).
     fn adamw(&mut self, lr: f64, norm: f32) {
         let h = &self.hyper;
-        let clip = h.grad_clip;
-        let coef = if clip > 0.0 && clip.is_finite() && f64::from(norm) > clip {
-            (clip / (f64::from(norm) + 1e-6)) as f32
-        } else {
-            1.0
-        };
+        let coef = super::train::clip_coef(h.grad_clip, norm).unwrap_or(1.0);
         self.adam_updates += 1;
         let time = self.adam_updates.min(i32::MAX as u64) as i32;
         let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);

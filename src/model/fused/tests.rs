@@ -62,6 +62,19 @@ fn batch_of(seed: u64, vocab: usize, lens: &[usize]) -> TokenBatch {
     TokenBatch::new(&views, 0)
 }
 
+/// The gradient of one parameter, flattened.
+fn grad_of<const D: usize>(
+    p: &Param<Tensor<CpuAutodiff, D>>,
+    grads: &<CpuAutodiff as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Vec<f32> {
+    p.val()
+        .grad(grads)
+        .unwrap()
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
 /// burn's gradients in the fused layout's order.
 fn burn_grads(model: &Llama<CpuAutodiff>, b: &TokenBatch) -> (f32, Vec<f32>) {
     let dev = cpu_device();
@@ -69,69 +82,29 @@ fn burn_grads(model: &Llama<CpuAutodiff>, b: &TokenBatch) -> (f32, Vec<f32>) {
     let loss = tok.sum().div_scalar(b.num_targets() as f32);
     let lv: f32 = loss.clone().into_data().iter::<f32>().next().unwrap();
     let grads = loss.backward();
-    let mut flat = Vec::new();
-    let mut take = |p: &Param<Tensor<CpuAutodiff, 2>>| {
-        flat.extend(p.val().grad(&grads).unwrap().into_data().iter::<f32>())
-    };
-    take(&model.embed_tokens.weight);
-    let mut flat_layers = Vec::new();
+    let mut flat = grad_of(&model.embed_tokens.weight, &grads);
     for l in &model.layers {
-        let mut v: Vec<f32> = Vec::new();
-        let g1 = |p: &Param<Tensor<CpuAutodiff, 1>>| -> Vec<f32> {
-            p.val()
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .iter::<f32>()
-                .collect()
-        };
-        let g2 = |p: &Param<Tensor<CpuAutodiff, 2>>| -> Vec<f32> {
-            p.val()
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .iter::<f32>()
-                .collect()
-        };
-        v.extend(g1(&l.input_layernorm.gamma));
+        flat.extend(grad_of(&l.input_layernorm.gamma, &grads));
         for p in [
             &l.self_attn.q_proj.weight,
             &l.self_attn.k_proj.weight,
             &l.self_attn.v_proj.weight,
             &l.self_attn.o_proj.weight,
         ] {
-            v.extend(g2(p));
+            flat.extend(grad_of(p, &grads));
         }
-        v.extend(g1(&l.post_attention_layernorm.gamma));
+        flat.extend(grad_of(&l.post_attention_layernorm.gamma, &grads));
         for p in [
             &l.mlp.gate_proj.weight,
             &l.mlp.up_proj.weight,
             &l.mlp.down_proj.weight,
         ] {
-            v.extend(g2(p));
+            flat.extend(grad_of(p, &grads));
         }
-        flat_layers.extend(v);
     }
-    flat.extend(flat_layers);
-    flat.extend(
-        model
-            .norm
-            .gamma
-            .val()
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .iter::<f32>(),
-    );
+    flat.extend(grad_of(&model.norm.gamma, &grads));
     if let Some(h) = &model.lm_head {
-        flat.extend(
-            h.weight
-                .val()
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .iter::<f32>(),
-        );
+        flat.extend(grad_of(&h.weight, &grads));
     }
     (lv, flat)
 }
