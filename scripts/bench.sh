@@ -20,10 +20,10 @@
 #                          MOS_PYTHON=.venv/bin/python scripts/bench.sh
 #   RAYON_NUM_THREADS=N  compute threads for burn-flex/gemm (and PyTorch: the same N)
 #   BENCH_TRAIN_STEPS, BENCH_M25_BATCH, BENCH_PEAK_N, BENCH_E2E_STEPS, BENCH_E2E_ROUNDS,
-#   BENCH_STALL_STEPS, BENCH_STALL_MS, BENCH_UPDATE_EVERY, BENCH_PROBE_SIZE, BENCH_SCALE_COUNTS:
-#   sizes (see the header comment of each file in benches/).
+#   BENCH_PAPER_STEPS, BENCH_PAPER_ROUNDS, BENCH_STALL_STEPS, BENCH_STALL_MS, BENCH_UPDATE_EVERY,
+#   BENCH_PROBE_SIZE, BENCH_SCALE_COUNTS: sizes (see the header comment of each file in benches/).
 #
-# The full run takes about 20 minutes on 2 cores; run it on an otherwise idle machine.
+# The full run takes about 35 minutes on 2 cores; run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
