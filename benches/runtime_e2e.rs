@@ -3,8 +3,10 @@
 //! (BENCHMARKS.md sections 1, 2 and 5).
 //!
 //! - `overhead`: the same run under a static temperature mixture, MoS with COSSIM and MoS with
-//!   DIFF, in turn (A B C A B C ...): steps/s and their ratio to static, as the median over
-//!   rounds of the ratio within a round. MoS runs a probe forward pass every
+//!   DIFF, in turn (A B C A B C ...): steps/s and their ratio to static. A side's time is the
+//!   sum over steps of the step's median over rounds (every round of a side trains on the same
+//!   seeded batches, so a cost paid at every update survives the median and a burst of host
+//!   load does not); the ratio of whole runs paired by round is shown beside it. MoS runs a probe forward pass every
 //!   `scheduler.update_every` steps (`probe_size` examples per dataset): real compute, reported
 //!   as its own share, so that what is left (the "stall") is visible. Two settings: the paper's
 //!   (batch 64, four datasets, the method's default period 100 and probe size 64, where the
@@ -12,7 +14,8 @@
 //!   times the probe examples per trained example).
 //! - `stall`: a scheduler that sleeps `BENCH_STALL_MS` (default 2000) per update versus a normal
 //!   one, both with the static temperature strategy (which sends its updates to the scheduler
-//!   actor but runs no probe pass, so nothing but the scheduler differs), alternating.
+//!   actor but runs no probe pass, so nothing but the scheduler differs), alternating, timed
+//!   the same way.
 //! - `loaders`: the real loader actors of the demo datasets draining into a consumer as fast as
 //!   they can (tokenized examples/s, then batched with the trainer's padding), against what the
 //!   trainer consumes (steps/s x batch) and its data-wait share from the runs above.
@@ -58,6 +61,8 @@ struct RunStats {
     batch: usize,
     /// Real (unpadded) tokens trained on within the timed steps.
     tokens: f64,
+    /// Each timed step's seconds, in step order.
+    step_seconds: Vec<f64>,
 }
 
 impl RunStats {
@@ -84,6 +89,8 @@ fn read_run(dir: &Path, batch: usize) -> RunStats {
             Some("train") if step > WARMUP_STEPS => {
                 st.steps += 1;
                 st.seconds += v["step_seconds"].as_f64().unwrap_or(0.0);
+                st.step_seconds
+                    .push(v["step_seconds"].as_f64().unwrap_or(0.0));
                 st.data_wait_seconds += v["data_wait_seconds"].as_f64().unwrap_or(0.0);
                 // With one step per line, the line's rate times its seconds is that step's
                 // real tokens.
@@ -187,16 +194,6 @@ fn alternate_runs(
     out
 }
 
-/// Median steps/s of a side's runs, with and without its probe passes.
-fn rates(runs: &[RunStats]) -> (f64, f64) {
-    let a: Vec<f64> = runs.iter().map(RunStats::steps_per_second).collect();
-    let b: Vec<f64> = runs
-        .iter()
-        .map(RunStats::steps_per_second_without_probes)
-        .collect();
-    (median(&a), median(&b))
-}
-
 /// A side's speed against the base side's, as the median over rounds of the ratio of the two
 /// runs of the same round (with and without the side's probe passes). Pairing within a round
 /// cancels the machine's slow drift, which moves whole rounds by several percent (a run's
@@ -213,6 +210,27 @@ fn paired_ratios(side: &[RunStats], base: &[RunStats]) -> (f64, f64, Vec<f64>) {
         .map(|(s, b)| s.steps_per_second_without_probes() / b.steps_per_second())
         .collect();
     (median(&all), median(&without), all)
+}
+
+/// Seconds of a side's run taken step by step as the median over its rounds, summed: every
+/// round of a side trains on the same batches (the data stream is seeded), so step k does the
+/// same work in each. A cost the side pays every time at step k (a probe pass, a stall at an
+/// update) is in every round and survives the median; a burst of load from the host, which
+/// slows a few seconds of one round and not the same steps of the others, does not.
+fn stepwise_seconds(runs: &[RunStats]) -> (f64, usize) {
+    let steps = runs.iter().map(|r| r.step_seconds.len()).min().unwrap_or(0);
+    let total = (0..steps)
+        .map(|k| median(&runs.iter().map(|r| r.step_seconds[k]).collect::<Vec<_>>()))
+        .sum();
+    (total, steps)
+}
+
+/// A side's steps/s from [`stepwise_seconds`], with and without its probe passes (the median
+/// run's probe seconds taken out).
+fn stepwise_rate(runs: &[RunStats]) -> (f64, f64) {
+    let (secs, steps) = stepwise_seconds(runs);
+    let probe = median(&runs.iter().map(|x| x.probe_seconds).collect::<Vec<_>>());
+    (steps as f64 / secs, steps as f64 / (secs - probe))
 }
 
 fn probe_share(runs: &[RunStats]) -> f64 {
@@ -301,51 +319,53 @@ fn section_overhead(rt: &tokio::runtime::Runtime, tmp: &Path, s: &Setting) -> (V
         ),
     ];
     let runs = alternate_runs(rt, tmp, s.steps, s.rounds, s.keep, &sides);
+    let (base, _) = stepwise_rate(&runs[0]);
     let mut rows = Vec::new();
-    let (mut worst_all, mut worst_stall) = (f64::MAX, f64::MAX);
-    for ((label, _), r) in sides.iter().zip(&runs) {
-        let (all, without) = rates(r);
-        let (ratio, ratio_without, per_round) = paired_ratios(r, &runs[0]);
-        if !std::ptr::eq(r, &runs[0]) {
-            worst_all = worst_all.min(ratio);
-            worst_stall = worst_stall.min(ratio_without);
+    let (mut worst_all, mut worst_stall, mut worst_paired) = (f64::MAX, f64::MAX, f64::MAX);
+    for (i, ((label, _), r)) in sides.iter().zip(&runs).enumerate() {
+        let (all, without) = stepwise_rate(r);
+        let (paired, _, per_round) = paired_ratios(r, &runs[0]);
+        if i > 0 {
+            worst_all = worst_all.min(all / base);
+            worst_stall = worst_stall.min(without / base);
+            worst_paired = worst_paired.min(paired);
         }
         let tokens: f64 = r.iter().map(|x| x.tokens).sum();
         let steps: usize = r.iter().map(|x| x.steps).sum();
         rows.push(vec![
             label.to_string(),
             format!("{all:.3}"),
-            format!("{ratio:.3}x"),
+            format!("{:.3}x", all / base),
+            format!("{:.1}%", 100.0 * probe_share(r)),
+            format!("{:.3}x", without / base),
+            format!("{paired:.3}x"),
             per_round
                 .iter()
                 .map(|x| format!("{x:.3}"))
                 .collect::<Vec<_>>()
                 .join(" "),
-            format!("{:.1}%", 100.0 * probe_share(r)),
-            format!("{without:.3}"),
-            format!("{ratio_without:.3}x"),
             format!("{:.0}", tokens / steps.max(1) as f64),
         ]);
     }
     table(
         &[
             "strategy",
-            "steps/s (median of runs)",
-            "vs static (median of rounds)",
-            "each round",
+            "steps/s (step-wise median of rounds)",
+            "vs static",
             "probe share of wall time",
-            "steps/s without probe passes",
-            "vs static, without probes",
+            "vs static, without probe passes",
+            "vs static, whole runs paired by round (median)",
+            "each round",
             "real tokens per step",
         ],
         &rows,
     );
     println!(
-        "Target: MoS >= 0.98x static. Everything included: {} ({worst_all:.3}x). Scheduler \
-         path alone (probe passes taken out): {} ({worst_stall:.3}x). Probe examples run \
-         forward per trained example: {:.3} (probe_size x datasets / (update_every x \
-         batch_size)); a forward pass costs about a third of a training step, so the probes' \
-         expected share is about {:.1}%.\n",
+        "Target: MoS >= 0.98x static. Everything included: {} ({worst_all:.3}x; whole runs \
+         paired by round: {worst_paired:.3}x). Scheduler path alone (probe passes taken out): \
+         {} ({worst_stall:.3}x). Probe examples run forward per trained example: {:.3} \
+         (probe_size x datasets / (update_every x batch_size)); a forward pass costs about a \
+         third of a training step, so the probes' expected share is about {:.1}%.\n",
         verdict_at_least(worst_all, 0.98),
         verdict_at_least(worst_stall, 0.98),
         s.probe_per_trained(),
@@ -374,9 +394,10 @@ fn section_stall(
         ("slow", vec![ue.as_str(), slow.as_str()]),
     ];
     let runs = alternate_runs(rt, tmp, steps, rounds, &[], &sides);
-    let (normal, _) = rates(&runs[0]);
-    let (slow_rate, _) = rates(&runs[1]);
-    let (ratio, _, per_round) = paired_ratios(&runs[1], &runs[0]);
+    let (normal, _) = stepwise_rate(&runs[0]);
+    let (slow_rate, _) = stepwise_rate(&runs[1]);
+    let ratio = slow_rate / normal;
+    let (paired, _, per_round) = paired_ratios(&runs[1], &runs[0]);
     let per_round = per_round
         .iter()
         .map(|x| format!("{x:.3}"))
@@ -387,9 +408,10 @@ fn section_stall(
     table(
         &[
             "scheduler",
-            "steps/s (median of runs)",
+            "steps/s (step-wise median of rounds)",
             "mixture publishes per run",
-            "ratio (median of rounds)",
+            "ratio",
+            "whole runs paired by round (median)",
             "each round",
         ],
         &[
@@ -398,6 +420,7 @@ fn section_stall(
                 format!("{normal:.3}"),
                 format!("{:.0}", publishes(&runs[0])),
                 "1.000x".into(),
+                "1.000x".into(),
                 String::new(),
             ],
             vec![
@@ -405,6 +428,7 @@ fn section_stall(
                 format!("{slow_rate:.3}"),
                 format!("{:.0}", publishes(&runs[1])),
                 format!("{ratio:.3}x"),
+                format!("{paired:.3}x"),
                 per_round,
             ],
         ],
