@@ -3,15 +3,15 @@
 //! (BENCHMARKS.md sections 1, 2 and 5).
 //!
 //! - `overhead`: the same run under a static temperature mixture, MoS with COSSIM and MoS with
-//!   DIFF, in turn (A B C A B C ...): steps/s and their ratio to static. A side's time is the
-//!   sum over steps of the step's median over rounds (every round of a side trains on the same
-//!   seeded batches, so a cost paid at every update survives the median and a burst of host
-//!   load does not); the ratio of whole runs paired by round is shown beside it. MoS runs a probe forward pass every
-//!   `scheduler.update_every` steps (`probe_size` examples per dataset): real compute, reported
-//!   as its own share, so that what is left (the "stall") is visible. Two settings: the paper's
-//!   (batch 64, four datasets, the method's default period 100 and probe size 64, where the
-//!   paper measured its +20%) and the demo's (batch 16, six datasets, period 25, probe 16: four
-//!   times the probe examples per trained example).
+//!   DIFF, in turn (A B C, B C A, C A B, ...): steps/s and their ratio to static. A side's time
+//!   is the sum over steps of the step's median over rounds (every round of a side trains on
+//!   the same seeded batches, so a cost paid at every update survives the median and a burst
+//!   of host load does not); the ratio of whole runs paired by round is shown beside it. MoS
+//!   runs a probe forward pass every `scheduler.update_every` steps (`probe_size` examples per
+//!   dataset): real compute, reported as its own share, so that what is left (the "stall") is
+//!   visible. Two settings: the paper's (batch 64, four datasets, the method's default period
+//!   100 and probe size 64, where the paper measured its +20%) and the demo's (batch 16, six
+//!   datasets, period 25, probe 16: six times the probe examples per trained example).
 //! - `stall`: a scheduler that sleeps `BENCH_STALL_MS` (default 2000) per update versus a normal
 //!   one, both with the static temperature strategy (which sends its updates to the scheduler
 //!   actor but runs no probe pass, so nothing but the scheduler differs), alternating, timed
@@ -175,8 +175,8 @@ fn demo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml")
 }
 
-/// Runs `rounds` rounds of every side in turn (on the datasets in `keep`, all when empty);
-/// returns each side's runs.
+/// Runs `rounds` rounds of every side in turn (on the datasets in `keep`, all when empty),
+/// rotating which side goes first; returns each side's runs, in round order.
 fn alternate_runs(
     rt: &tokio::runtime::Runtime,
     tmp: &Path,
@@ -186,8 +186,12 @@ fn alternate_runs(
     sides: &[(&str, Vec<&str>)],
 ) -> Vec<Vec<RunStats>> {
     let mut out = vec![Vec::new(); sides.len()];
-    for _ in 0..rounds {
-        for (i, (label, sets)) in sides.iter().enumerate() {
+    for round in 0..rounds {
+        // Each round starts with the next side (A B C, B C A, C A B, ...), so that no side
+        // always runs first, right after the process freed the previous round's buffers.
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let (label, sets) = &sides[i];
             out[i].push(run(rt, tmp, label, steps, keep, sets));
         }
     }
