@@ -589,7 +589,7 @@ fn main() {
     if want("overhead") {
         // Two settings. The paper's: its batch (64) and number of datasets (4), with the
         // method's default update period and probe size (100 and 64, ../shared/method.md),
-        // which is where the paper measured its +20%. The demo's: four times as many probe
+        // which is where the paper measured its +20%. The demo's: six times as many probe
         // examples per trained example (small batches, six datasets), which shows how the
         // probes' share scales. A paper-setting run is 100 timed steps and so holds exactly
         // one probe pass; more, shorter rounds keep the machine's drift out of the ratio.
