@@ -91,24 +91,37 @@ fn transposed(ptr: &[f32], cols: usize) -> View {
     }
 }
 
-/// `dst[m, n] (+)= a * b` for whole row-major buffers, `a` and `b` each read directly or
-/// transposed. The one place the projections' extents are checked before calling gemm.
+/// Which operand of [`mm`] is read transposed. All buffers are row-major.
+#[derive(Clone, Copy)]
+pub(crate) enum Mm {
+    /// `a[m, k] * b[k, n]`.
+    NN,
+    /// `a[m, k] * b^T`, `b` stored `[n, k]`.
+    NT,
+    /// `a^T * b[k, n]`, `a` stored `[k, m]` (the weight gradient of a projection: inputs
+    /// transposed times output gradients).
+    TN,
+}
+
+/// `dst[m, n] (+)= a * b` for whole row-major buffers, read as `layout` says. The one place
+/// the projections' extents are checked before calling gemm.
 #[allow(clippy::too_many_arguments)]
-fn mm(
+pub(crate) fn mm(
     dst: &mut [f32],
     a: &[f32],
-    a_t: bool,
     b: &[f32],
-    b_t: bool,
+    layout: Mm,
     m: usize,
     k: usize,
     n: usize,
     acc: bool,
 ) {
     assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // `a` is stored [m, k] or, transposed, [k, m]; `b` is stored [k, n] or [n, k].
-    let av = if a_t { transposed(a, m) } else { rows(a, k) };
-    let bv = if b_t { transposed(b, k) } else { rows(b, n) };
+    let (av, bv) = match layout {
+        Mm::NN => (rows(a, k), rows(b, n)),
+        Mm::NT => (rows(a, k), transposed(b, k)),
+        Mm::TN => (transposed(a, m), rows(b, n)),
+    };
     // SAFETY: the extents were checked above; `dst` is a distinct &mut borrow.
     unsafe {
         gemm_strided(
@@ -124,46 +137,6 @@ fn mm(
             true,
         )
     }
-}
-
-/// `dst[m, n] (+)= a[m, k] * b[k, n]`, all contiguous row-major.
-pub(crate) fn mm_nn(
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    acc: bool,
-) {
-    mm(dst, a, false, b, false, m, k, n, acc)
-}
-
-/// `dst[m, n] (+)= a[m, k] * b^T`, where `b` is `[n, k]` row-major.
-pub(crate) fn mm_nt(
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    acc: bool,
-) {
-    mm(dst, a, false, b, true, m, k, n, acc)
-}
-
-/// `dst[m, n] (+)= a^T * b`, where `a` is `[k, m]` and `b` is `[k, n]` row-major (the weight
-/// gradient of a projection: inputs transposed times output gradients).
-pub(crate) fn mm_tn(
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    acc: bool,
-) {
-    mm(dst, a, true, b, false, m, k, n, acc)
 }
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `x = n ln2 + r` with

@@ -36,7 +36,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use self::kernels::AttnShape;
+use self::kernels::{AttnShape, Mm};
 use super::{
     cpu_device, lr_at, write_atomic, Attention, CpuBackend, DecoderLayer, Llama, LlamaConfig, Mlp,
     ModelError, ProbeStats, StepOutput, TokenBatch, TrainHyper,
@@ -447,24 +447,51 @@ impl FusedTrainer {
             let (cur, rest) = acts.layers.split_at_mut(l + 1);
             let la = &mut cur[l];
             kernels::rmsnorm_fwd(&la.x, &w[s.ln1.clone()], eps, &mut la.xn1, &mut la.r1);
-            kernels::mm_nn(&mut la.q, &la.xn1, &w[s.wq.clone()], n, d, qw, false);
-            kernels::mm_nn(&mut la.k, &la.xn1, &w[s.wk.clone()], n, d, kw, false);
-            kernels::mm_nn(&mut la.v, &la.xn1, &w[s.wv.clone()], n, d, kw, false);
+            kernels::mm(
+                &mut la.q,
+                &la.xn1,
+                &w[s.wq.clone()],
+                Mm::NN,
+                n,
+                d,
+                qw,
+                false,
+            );
+            kernels::mm(
+                &mut la.k,
+                &la.xn1,
+                &w[s.wk.clone()],
+                Mm::NN,
+                n,
+                d,
+                kw,
+                false,
+            );
+            kernels::mm(
+                &mut la.v,
+                &la.xn1,
+                &w[s.wv.clone()],
+                Mm::NN,
+                n,
+                d,
+                kw,
+                false,
+            );
             kernels::rope(&mut la.q, t, c.n_heads, hd, &self.cos, &self.sin, false);
             kernels::rope(&mut la.k, t, c.n_kv_heads, hd, &self.cos, &self.sin, false);
             kernels::attention_fwd(shape, &la.q, &la.k, &la.v, &mut la.p, &mut la.o);
             la.x2.copy_from_slice(&la.x);
-            kernels::mm_nn(&mut la.x2, &la.o, &w[s.wo.clone()], n, qw, d, true);
+            kernels::mm(&mut la.x2, &la.o, &w[s.wo.clone()], Mm::NN, n, qw, d, true);
             kernels::rmsnorm_fwd(&la.x2, &w[s.ln2.clone()], eps, &mut la.xn2, &mut la.r2);
-            kernels::mm_nn(&mut la.g, &la.xn2, &w[s.wg.clone()], n, d, f, false);
-            kernels::mm_nn(&mut la.u, &la.xn2, &w[s.wu.clone()], n, d, f, false);
+            kernels::mm(&mut la.g, &la.xn2, &w[s.wg.clone()], Mm::NN, n, d, f, false);
+            kernels::mm(&mut la.u, &la.xn2, &w[s.wu.clone()], Mm::NN, n, d, f, false);
             kernels::swiglu_fwd(&la.g, &la.u, &mut la.h);
             let next = match rest.first_mut() {
                 Some(nx) => &mut nx.x,
                 None => &mut acts.xl,
             };
             next.copy_from_slice(&la.x2);
-            kernels::mm_nn(next, &la.h, &w[s.wd.clone()], n, f, d, true);
+            kernels::mm(next, &la.h, &w[s.wd.clone()], Mm::NN, n, f, d, true);
         }
         kernels::rmsnorm_fwd(
             &acts.xl,
@@ -474,8 +501,17 @@ impl FusedTrainer {
             &mut acts.rf,
         );
         match &lay.head {
-            Some(r) => kernels::mm_nn(&mut acts.logits, &acts.hf, &w[r.clone()], n, d, v, false),
-            None => kernels::mm_nt(&mut acts.logits, &acts.hf, embed, n, d, v, false),
+            Some(r) => kernels::mm(
+                &mut acts.logits,
+                &acts.hf,
+                &w[r.clone()],
+                Mm::NN,
+                n,
+                d,
+                v,
+                false,
+            ),
+            None => kernels::mm(&mut acts.logits, &acts.hf, embed, Mm::NT, n, d, v, false),
         }
     }
 
@@ -514,14 +550,32 @@ impl FusedTrainer {
         // Output head: its weight gradient, and the gradient of the final hidden states (dxn).
         match &lay.head {
             Some(r) => {
-                kernels::mm_tn(&mut g[r.clone()], &acts.hf, dlogits, d, n, v, false);
-                kernels::mm_nt(&mut sc.dxn, dlogits, &w[r.clone()], n, v, d, false);
+                kernels::mm(&mut g[r.clone()], &acts.hf, dlogits, Mm::TN, d, n, v, false);
+                kernels::mm(&mut sc.dxn, dlogits, &w[r.clone()], Mm::NT, n, v, d, false);
                 g[lay.embed.clone()].fill(0.0);
             }
             None => {
                 // Tied: the head's gradient is the embedding's first term.
-                kernels::mm_tn(&mut g[lay.embed.clone()], dlogits, &acts.hf, v, n, d, false);
-                kernels::mm_nn(&mut sc.dxn, dlogits, &w[lay.embed.clone()], n, v, d, false);
+                kernels::mm(
+                    &mut g[lay.embed.clone()],
+                    dlogits,
+                    &acts.hf,
+                    Mm::TN,
+                    v,
+                    n,
+                    d,
+                    false,
+                );
+                kernels::mm(
+                    &mut sc.dxn,
+                    dlogits,
+                    &w[lay.embed.clone()],
+                    Mm::NN,
+                    n,
+                    v,
+                    d,
+                    false,
+                );
             }
         }
         sc.dx.fill(0.0);
@@ -537,13 +591,40 @@ impl FusedTrainer {
             let s = &lay.layers[l];
             let la = &acts.layers[l];
             // MLP: x_out = x2 + down(silu(gate(xn2)) * up(xn2)); sc.dx is d x_out.
-            kernels::mm_tn(&mut g[s.wd.clone()], &la.h, &sc.dx, f, n, d, false);
-            kernels::mm_nt(&mut sc.dh, &sc.dx, &w[s.wd.clone()], n, d, f, false);
+            kernels::mm(&mut g[s.wd.clone()], &la.h, &sc.dx, Mm::TN, f, n, d, false);
+            kernels::mm(&mut sc.dh, &sc.dx, &w[s.wd.clone()], Mm::NT, n, d, f, false);
             kernels::swiglu_bwd(&la.g, &la.u, &mut sc.dh, &mut sc.du);
-            kernels::mm_tn(&mut g[s.wg.clone()], &la.xn2, &sc.dh, d, n, f, false);
-            kernels::mm_tn(&mut g[s.wu.clone()], &la.xn2, &sc.du, d, n, f, false);
-            kernels::mm_nt(&mut sc.dxn, &sc.dh, &w[s.wg.clone()], n, f, d, false);
-            kernels::mm_nt(&mut sc.dxn, &sc.du, &w[s.wu.clone()], n, f, d, true);
+            kernels::mm(
+                &mut g[s.wg.clone()],
+                &la.xn2,
+                &sc.dh,
+                Mm::TN,
+                d,
+                n,
+                f,
+                false,
+            );
+            kernels::mm(
+                &mut g[s.wu.clone()],
+                &la.xn2,
+                &sc.du,
+                Mm::TN,
+                d,
+                n,
+                f,
+                false,
+            );
+            kernels::mm(
+                &mut sc.dxn,
+                &sc.dh,
+                &w[s.wg.clone()],
+                Mm::NT,
+                n,
+                f,
+                d,
+                false,
+            );
+            kernels::mm(&mut sc.dxn, &sc.du, &w[s.wu.clone()], Mm::NT, n, f, d, true);
             kernels::rmsnorm_bwd(
                 &sc.dxn,
                 &la.x2,
@@ -553,19 +634,82 @@ impl FusedTrainer {
                 &mut g[s.ln2.clone()],
             );
             // Attention: x2 = x + o_proj(attn(rope(q), rope(k), v)); sc.dx is now d x2.
-            kernels::mm_tn(&mut g[s.wo.clone()], &la.o, &sc.dx, qw, n, d, false);
-            kernels::mm_nt(&mut sc.d_o, &sc.dx, &w[s.wo.clone()], n, d, qw, false);
+            kernels::mm(&mut g[s.wo.clone()], &la.o, &sc.dx, Mm::TN, qw, n, d, false);
+            kernels::mm(
+                &mut sc.d_o,
+                &sc.dx,
+                &w[s.wo.clone()],
+                Mm::NT,
+                n,
+                d,
+                qw,
+                false,
+            );
             kernels::attention_bwd(
                 shape, &la.q, &la.k, &la.v, &la.p, &sc.d_o, &mut sc.dq, &mut sc.dk, &mut sc.dv,
             );
             kernels::rope(&mut sc.dq, t, c.n_heads, hd, &self.cos, &self.sin, true);
             kernels::rope(&mut sc.dk, t, c.n_kv_heads, hd, &self.cos, &self.sin, true);
-            kernels::mm_tn(&mut g[s.wq.clone()], &la.xn1, &sc.dq, d, n, qw, false);
-            kernels::mm_tn(&mut g[s.wk.clone()], &la.xn1, &sc.dk, d, n, kw, false);
-            kernels::mm_tn(&mut g[s.wv.clone()], &la.xn1, &sc.dv, d, n, kw, false);
-            kernels::mm_nt(&mut sc.dxn, &sc.dq, &w[s.wq.clone()], n, qw, d, false);
-            kernels::mm_nt(&mut sc.dxn, &sc.dk, &w[s.wk.clone()], n, kw, d, true);
-            kernels::mm_nt(&mut sc.dxn, &sc.dv, &w[s.wv.clone()], n, kw, d, true);
+            kernels::mm(
+                &mut g[s.wq.clone()],
+                &la.xn1,
+                &sc.dq,
+                Mm::TN,
+                d,
+                n,
+                qw,
+                false,
+            );
+            kernels::mm(
+                &mut g[s.wk.clone()],
+                &la.xn1,
+                &sc.dk,
+                Mm::TN,
+                d,
+                n,
+                kw,
+                false,
+            );
+            kernels::mm(
+                &mut g[s.wv.clone()],
+                &la.xn1,
+                &sc.dv,
+                Mm::TN,
+                d,
+                n,
+                kw,
+                false,
+            );
+            kernels::mm(
+                &mut sc.dxn,
+                &sc.dq,
+                &w[s.wq.clone()],
+                Mm::NT,
+                n,
+                qw,
+                d,
+                false,
+            );
+            kernels::mm(
+                &mut sc.dxn,
+                &sc.dk,
+                &w[s.wk.clone()],
+                Mm::NT,
+                n,
+                kw,
+                d,
+                true,
+            );
+            kernels::mm(
+                &mut sc.dxn,
+                &sc.dv,
+                &w[s.wv.clone()],
+                Mm::NT,
+                n,
+                kw,
+                d,
+                true,
+            );
             kernels::rmsnorm_bwd(
                 &sc.dxn,
                 &la.x,
