@@ -69,10 +69,6 @@ impl RunStats {
     fn steps_per_second(&self) -> f64 {
         self.steps as f64 / self.seconds
     }
-    /// Steps per second with the probe passes' time taken out.
-    fn steps_per_second_without_probes(&self) -> f64 {
-        self.steps as f64 / (self.seconds - self.probe_seconds)
-    }
 }
 
 /// Reads `run.jsonl` and `mixture.jsonl` of a finished run.
@@ -199,21 +195,15 @@ fn alternate_runs(
 }
 
 /// A side's speed against the base side's, as the median over rounds of the ratio of the two
-/// runs of the same round (with and without the side's probe passes). Pairing within a round
-/// cancels the machine's slow drift, which moves whole rounds by several percent (a run's
-/// neighbours in time share it; runs three rounds apart do not).
-fn paired_ratios(side: &[RunStats], base: &[RunStats]) -> (f64, f64, Vec<f64>) {
-    let all: Vec<f64> = side
+/// runs of the same round, and each round's ratio. Pairing within a round cancels the
+/// machine's slow drift (a run's neighbours in time share it; runs rounds apart do not).
+fn paired_ratios(side: &[RunStats], base: &[RunStats]) -> (f64, Vec<f64>) {
+    let per_round: Vec<f64> = side
         .iter()
         .zip(base)
         .map(|(s, b)| s.steps_per_second() / b.steps_per_second())
         .collect();
-    let without: Vec<f64> = side
-        .iter()
-        .zip(base)
-        .map(|(s, b)| s.steps_per_second_without_probes() / b.steps_per_second())
-        .collect();
-    (median(&all), median(&without), all)
+    (median(&per_round), per_round)
 }
 
 /// Seconds of a side's run taken step by step as the median over its rounds, summed: every
@@ -328,7 +318,7 @@ fn section_overhead(rt: &tokio::runtime::Runtime, tmp: &Path, s: &Setting) -> (V
     let (mut worst_all, mut worst_stall, mut worst_paired) = (f64::MAX, f64::MAX, f64::MAX);
     for (i, ((label, _), r)) in sides.iter().zip(&runs).enumerate() {
         let (all, without) = stepwise_rate(r);
-        let (paired, _, per_round) = paired_ratios(r, &runs[0]);
+        let (paired, per_round) = paired_ratios(r, &runs[0]);
         if i > 0 {
             worst_all = worst_all.min(all / base);
             worst_stall = worst_stall.min(without / base);
@@ -401,7 +391,7 @@ fn section_stall(
     let (normal, _) = stepwise_rate(&runs[0]);
     let (slow_rate, _) = stepwise_rate(&runs[1]);
     let ratio = slow_rate / normal;
-    let (paired, _, per_round) = paired_ratios(&runs[1], &runs[0]);
+    let (paired, per_round) = paired_ratios(&runs[1], &runs[0]);
     let per_round = per_round
         .iter()
         .map(|x| format!("{x:.3}"))
