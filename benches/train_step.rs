@@ -21,8 +21,12 @@
 //! CPU (benches/pytorch_baseline.py, run with the interpreter in `MOS_PYTHON`, default
 //! `python3`, and the same thread count), alternating our steps and a PyTorch process.
 //!
+//! Section `probe` times a probe pass that projects every position to the vocabulary (what
+//! every probe pass ran before) against the DIFF and COSSIM passes, which project only the
+//! target positions or none, on the demo model and on SmolLM2-135M's shape.
+//!
 //! Usage: `cargo bench --bench train_step [-- SECTION...]` with sections `peak`, `demo`,
-//! `m25`, `hotspots`, `pytorch` (default: all); `profile` runs 25M-model steps without output
+//! `m25`, `hotspots`, `probe`, `pytorch` (default: all); `profile` runs 25M-model steps without output
 //! for `perf`.
 //! `BENCH_QUICK=1` shrinks everything to a smoke run.
 
@@ -34,7 +38,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use common::{alternate, env_usize, median, quick, table, time, verdict_at_least};
 use mos_runtime::model::{
-    cpu_device, CpuAutodiff, CpuBackend, FusedTrainer, LlamaConfig, TokenBatch, TrainHyper, Trainer,
+    cpu_device, CpuAutodiff, CpuBackend, FusedTrainer, LlamaConfig, ProbeNeed, TokenBatch,
+    TrainHyper, Trainer,
 };
 
 /// Which CPU trainer runs the steps: the fused kernels (the runtime's default on the CPU,
@@ -486,6 +491,101 @@ fn section_hotspots(reps: usize) {
     );
 }
 
+/// SmolLM2-135M's shape (the model `configs/prod.toml` fine-tunes), randomly initialised: with
+/// a 49152-token vocabulary its output projection is about a fifth of a forward pass. Quick
+/// mode keeps the widths and the vocabulary but only two layers.
+fn smollm2_shape() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 49152,
+        d_model: 576,
+        n_layers: if quick() { 2 } else { 30 },
+        n_heads: 9,
+        n_kv_heads: 3,
+        ffn_hidden: 1536,
+        max_seq_len: 256,
+        rope_theta: 100000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: true,
+    }
+}
+
+/// Probe passes of the fused trainer with each kind of output. Side A asks for NLLs on a batch
+/// whose every position is a target: it projects every position to the vocabulary, which is
+/// what every probe pass (and every evaluation) computed before the probe learned to skip
+/// work. Side B is DIFF with the response as the span, here the second half of each example.
+/// Side C is COSSIM, which needs no projection at all.
+fn section_probe(reps: usize) {
+    let q = quick();
+    let cases = [
+        ("demo (configs/demo.toml)", demo_shape().cfg, 16, 96),
+        (
+            "SmolLM2-135M shape",
+            smollm2_shape(),
+            if q { 1 } else { 4 },
+            if q { 32 } else { 256 },
+        ),
+    ];
+    println!(
+        "### 7b. Probe pass: the output projection only where a statistic needs it (fused \
+         trainer, one probe chunk, median of {reps}, alternating)\n"
+    );
+    let mut rows = Vec::new();
+    for (name, cfg, b, t) in cases {
+        let device = cpu_device();
+        let trainer = FusedTrainer::new(cfg.init_seeded::<CpuBackend>(1, &device), hyper())
+            .expect("the fused kernels cover the benchmark models");
+        let every = random_batch(b, t, 7);
+        let seqs: Vec<Vec<u32>> = every
+            .tokens
+            .chunks(t)
+            .map(|r| r.iter().map(|&x| x as u32).collect())
+            .collect();
+        let flags: Vec<bool> = (0..t).map(|k| k >= t / 2).collect();
+        let views: Vec<(&[u32], &[bool])> = seqs
+            .iter()
+            .map(|s| (s.as_slice(), flags.as_slice()))
+            .collect();
+        let half = TokenBatch::new(&views, 258);
+        let sides: Vec<(&TokenBatch, ProbeNeed)> = vec![
+            (&every, ProbeNeed::Nll),
+            (&half, ProbeNeed::Nll),
+            (&every, ProbeNeed::Embeddings),
+        ];
+        for (batch, need) in &sides {
+            trainer.probe_for(batch, *need);
+        }
+        let mut sides = sides;
+        let r = alternate(reps, &mut sides, |(batch, need), _| {
+            time(|| std::hint::black_box(trainer.probe_for(batch, *need))).1
+        });
+        let base = median(&r[0]);
+        let labels = [
+            "every position projected (what each probe pass ran before)",
+            "DIFF, response span (half of the positions)",
+            "COSSIM (embeddings only)",
+        ];
+        for (label, times) in labels.iter().zip(&r) {
+            let m = median(times);
+            rows.push(vec![
+                name.to_string(),
+                format!("{b} x {t}"),
+                label.to_string(),
+                format!("{:.1}", m * 1e3),
+                format!("{:.2}x", base / m),
+            ]);
+        }
+    }
+    table(
+        &["model", "batch x seq", "probe pass", "ms", "speed-up"],
+        &rows,
+    );
+    println!(
+        "DIFF projects the positions that predict a response token, and the start-up pass on \
+         theta_0 does the same; COSSIM pools the final hidden states and projects nothing. \
+         Evaluation (`eval_nll`) takes the DIFF path with the training mask.\n"
+    );
+}
+
 /// The interpreter of the PyTorch baseline, and whether it can import torch (with its version).
 fn python_with_torch() -> (String, Result<String, String>) {
     let python = std::env::var("MOS_PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -658,6 +758,9 @@ fn main() {
     }
     if want("hotspots") {
         section_hotspots(if q { 2 } else { 7 });
+    }
+    if want("probe") {
+        section_probe(if q { 2 } else { 5 });
     }
     if want("pytorch") {
         let shapes = vec![demo_shape(), if q { m25_quick() } else { m25_shape() }];

@@ -4,7 +4,7 @@
 # two sides alternating; nothing here asserts on time.
 #
 # Usage: scripts/bench.sh [-o FILE] [SECTION...]
-#   sections: train (3, 7), pytorch (4), e2e (1, 2, 5), scale (6); default: all of them.
+#   sections: train (3, 7, 7b), pytorch (4), e2e (1, 2, 5), scale (6); default: all of them.
 #   -o FILE   write the report there instead of BENCHMARKS.md
 #
 # Environment:
@@ -63,7 +63,7 @@ if has e2e; then run runtime_e2e -- overhead stall loaders; fi
 if has train; then run train_step -- peak demo m25; fi
 if has pytorch; then run train_step -- pytorch; fi
 if has scale; then run scale -- memory update; fi
-if has train; then run train_step -- hotspots; fi
+if has train; then run train_step -- hotspots probe; fi
 
 {
     echo "# Benchmarks"

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mos_runtime::model::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 use mos_runtime::runtime::{Runtime, StartOptions};
 use mos_runtime::scheduler::MixtureLogLine;
 use mos_runtime::trainer::{Learner, UnigramLearner};
@@ -128,4 +129,98 @@ fn the_handle_pauses_resumes_subscribes_checkpoints_and_stops() {
         assert!(s.interrupted);
         assert!(s.steps > paused_at);
     });
+}
+
+/// A learner that records which statistics each probe pass asked for and returns only those,
+/// so a reward that read the other field would see it empty.
+struct Recording {
+    inner: UnigramLearner,
+    needs: std::sync::Arc<std::sync::Mutex<Vec<ProbeNeed>>>,
+}
+
+impl Learner for Recording {
+    fn step(&self) -> u64 {
+        self.inner.step()
+    }
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        self.inner.train_step(batch)
+    }
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        self.inner.eval_nll(batch)
+    }
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        self.inner.probe(batch)
+    }
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        self.needs.lock().unwrap().push(need);
+        let mut stats = self.inner.probe(batch);
+        if !need.nll() {
+            stats.nll.clear();
+        }
+        if !need.embeddings() {
+            stats.embeddings.clear();
+        }
+        stats
+    }
+    fn save_state(&self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.inner.save_state(dir)
+    }
+    fn load_state(&mut self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.inner.load_state(dir)
+    }
+    fn save_weights(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        self.inner.save_weights(path)
+    }
+}
+
+#[test]
+fn probe_passes_ask_only_for_what_the_reward_reads() {
+    for (reward, want) in [("diff", ProbeNeed::Nll), ("cossim", ProbeNeed::Embeddings)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_corpus(dir.path());
+        let extra = format!(
+            "[scheduler]\nstrategy = \"mos\"\nreward = \"{reward}\"\nupdate_every = 5\nprobe_size = 8\nscorer_lr = 0.1"
+        );
+        let mut cfg = load_tiny(dir.path(), "needs", 20, &extra);
+        cfg.runtime.deterministic = true;
+        let out = cfg.runtime.output_dir.clone();
+        let needs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = needs.clone();
+        let factory: mos_runtime::runtime::LearnerFactory = Box::new(move |_cfg, tok| {
+            Ok(Box::new(Recording {
+                inner: UnigramLearner::new(tok.vocab_size()),
+                needs: seen.clone(),
+            }) as Box<dyn Learner>)
+        });
+        tokio_rt().block_on(async {
+            let h = Runtime::start_with_learner(cfg, StartOptions::default(), factory)
+                .await
+                .unwrap();
+            assert_eq!(h.wait().await.unwrap().steps, 20);
+        });
+        let needs = needs.lock().unwrap().clone();
+        let lines: Vec<MixtureLogLine> =
+            mos_runtime::runlog::read_all(&out.join("mixture.jsonl")).unwrap();
+        let updates: Vec<_> = lines
+            .iter()
+            .filter_map(|l| match l {
+                MixtureLogLine::Update(u) => Some(u),
+                MixtureLogLine::Start(_) => None,
+            })
+            .collect();
+        assert!(updates.len() >= 3, "{reward}: {} updates", updates.len());
+        // One call per probe chunk (one per dataset here): the four datasets at start-up
+        // (theta_0 perplexities, read under either reward), then four at every update.
+        assert_eq!(needs.len(), 4 * (1 + updates.len()), "{reward}: {needs:?}");
+        assert!(
+            needs[..4].iter().all(|&n| n == ProbeNeed::Nll),
+            "{reward}: {needs:?}"
+        );
+        assert!(needs[4..].iter().all(|&n| n == want), "{reward}: {needs:?}");
+        // The rewards came from the statistic that was computed: the mixture moved.
+        assert!(
+            updates.iter().any(|u| u.before != u.after),
+            "{reward}: the mixture never moved"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{Llama, TokenBatch};
 
@@ -53,33 +53,106 @@ pub struct ProbeStats {
     pub embeddings: Vec<Vec<f32>>,
 }
 
-/// Probe statistics from one forward pass without gradients.
+/// Which statistics a probe pass must produce. A run's reward reads one of the two (COSSIM the
+/// embeddings, DIFF the NLLs), and each one skipped saves work: without NLLs the output
+/// projection is not run at all, and NLLs alone need it only at the positions that predict a
+/// target, where a `[rows, vocab]` product is the largest single matrix product of a pretrained
+/// model's forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeNeed {
+    /// Both statistics (what [`probe`] returns).
+    Both,
+    /// Per-example NLLs only; `embeddings` may come back empty.
+    Nll,
+    /// Pooled embeddings only; `nll` may come back empty.
+    Embeddings,
+}
+
+impl ProbeNeed {
+    /// Whether the NLLs are asked for.
+    pub fn nll(self) -> bool {
+        self != ProbeNeed::Embeddings
+    }
+    /// Whether the embeddings are asked for.
+    pub fn embeddings(self) -> bool {
+        self != ProbeNeed::Nll
+    }
+}
+
+/// Probe statistics from one forward pass without gradients: both of them
+/// ([`probe_for`] with [`ProbeNeed::Both`]).
 ///
 /// Call it on a non-autodiff model (`trainer_model.valid()`), so no graph is recorded.
-/// One device-to-host copy: `[batch, 1 + d_model]` floats.
 pub fn probe<B: Backend>(model: &Llama<B>, batch: &TokenBatch, device: &B::Device) -> ProbeStats {
+    probe_for(model, batch, ProbeNeed::Both, device)
+}
+
+/// The statistics `need` asks for, from one forward pass without gradients.
+///
+/// The output projection runs only on the positions that predict a target (gathered into one
+/// `[rows, d_model]` matrix), and not at all without NLLs; the result is the same as projecting
+/// every position and masking, as [`per_example_nll`] does. One device-to-host copy: the NLL of
+/// every target position and the `[batch, d_model]` pooled embeddings, concatenated.
+pub fn probe_for<B: Backend>(
+    model: &Llama<B>,
+    batch: &TokenBatch,
+    need: ProbeNeed,
+    device: &B::Device,
+) -> ProbeStats {
     let (b, t) = (batch.batch, batch.len);
-    let (nll, hidden) = per_example_nll(model, batch, device);
+    let hidden = model.forward_hidden(batch.tokens_tensor::<B>(device));
     let d = hidden.dims()[2];
-    let mut real = vec![0.0f32; b * t];
-    for (i, &n) in batch.lengths.iter().enumerate() {
-        real[i * t..i * t + n.min(t)].fill(1.0);
-    }
-    let real = Tensor::<B, 2>::from_data(TensorData::new(real, [b, t]), device);
-    let inv_len = inverse_counts::<B>(&batch.lengths, device);
-    let pooled = (hidden * real.unsqueeze_dim::<3>(2))
-        .sum_dim(1)
-        .reshape([b, d])
-        * inv_len.unsqueeze_dim::<2>(1);
-    let both = Tensor::cat(vec![nll.unsqueeze_dim::<2>(1), pooled], 1);
-    let flat: Vec<f32> = both.into_data().iter::<f32>().collect();
-    let mut stats = ProbeStats {
-        nll: Vec::with_capacity(b),
-        embeddings: Vec::with_capacity(b),
+    let (ids, weights) = batch.shifted_target_ids();
+    let rows: Vec<usize> = if need.nll() {
+        (0..b * t).filter(|&k| weights[k] > 0.0).collect()
+    } else {
+        Vec::new()
     };
-    for row in flat.chunks(d + 1) {
-        stats.nll.push(f64::from(row[0]));
-        stats.embeddings.push(row[1..].to_vec());
+    let mut parts = Vec::with_capacity(2);
+    if !rows.is_empty() {
+        let m = rows.len();
+        let index: Vec<i64> = rows.iter().map(|&k| k as i64).collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), device);
+        let picked = hidden.clone().reshape([b * t, d]).select(0, index);
+        let logits = model.logits(picked.reshape([1, m, d]));
+        let targets: Vec<i64> = rows.iter().map(|&k| ids[k]).collect();
+        let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, m, 1]), device);
+        parts.push(log_softmax(logits, 2).gather(2, targets).reshape([m]).neg());
     }
-    stats
+    if need.embeddings() {
+        let mut real = vec![0.0f32; b * t];
+        for (i, &n) in batch.lengths.iter().enumerate() {
+            real[i * t..i * t + n.min(t)].fill(1.0);
+        }
+        let real = Tensor::<B, 2>::from_data(TensorData::new(real, [b, t]), device);
+        let inv_len = inverse_counts::<B>(&batch.lengths, device);
+        let pooled = (hidden * real.unsqueeze_dim::<3>(2))
+            .sum_dim(1)
+            .reshape([b, d])
+            * inv_len.unsqueeze_dim::<2>(1);
+        parts.push(pooled.reshape([b * d]));
+    }
+    let flat: Vec<f32> = if parts.is_empty() {
+        Vec::new()
+    } else {
+        Tensor::cat(parts, 0).into_data().iter::<f32>().collect()
+    };
+    let (token_nll, pooled) = flat.split_at(rows.len());
+    let nll = if need.nll() {
+        // Per-example means on the host, summed in f64 in position order.
+        let mut sum = vec![0.0f64; b];
+        for (&k, &x) in rows.iter().zip(token_nll) {
+            sum[k / t] += f64::from(x * weights[k]);
+        }
+        sum.iter()
+            .zip(batch.targets_per_example())
+            .map(|(s, n)| if n == 0 { 0.0 } else { s / n as f64 })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    ProbeStats {
+        nll,
+        embeddings: pooled.chunks(d.max(1)).map(<[f32]>::to_vec).collect(),
+    }
 }

@@ -38,7 +38,7 @@ pub use batch::TokenBatch;
 pub use fused::FusedTrainer;
 pub use generate::greedy_next;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
-pub use loss::{per_example_nll, probe, ProbeStats};
+pub use loss::{per_example_nll, probe, probe_for, ProbeNeed, ProbeStats};
 pub use pretrained::{
     load_for_training, load_pretrained, pretrained_config, pretrained_tokenizer, LoadError,
 };

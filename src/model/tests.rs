@@ -220,6 +220,47 @@ fn padding_does_not_change_probe_stats() {
 }
 
 #[test]
+fn probe_projects_only_target_positions_and_skips_what_is_not_asked() {
+    for tie in [true, false] {
+        let m = model::<B>(&tiny(2, tie), 8);
+        let dev = cpu_device();
+        let a: &[u32] = &[3, 9, 4, 1, 7, 2];
+        let b: &[u32] = &[5, 6];
+        let c: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
+        // A prompt, an example without targets and a longer one, so both the prompt mask and
+        // the padding decide which positions are projected.
+        let tb = TokenBatch::new(
+            &[
+                (a, &[false, false, true, true, true, false]),
+                (b, &[false, false]),
+                (c, &[true; 9]),
+            ],
+            0,
+        );
+        let (full, _) = per_example_nll(&m, &tb, &dev);
+        let full = floats(full);
+        let both = probe(&m, &tb, &dev);
+        assert_eq!(both.nll.len(), 3);
+        assert_eq!(both.nll[1], 0.0);
+        for (got, want) in both.nll.iter().zip(&full) {
+            assert!((got - f64::from(*want)).abs() < 1e-5, "{got} vs {want}");
+        }
+        let nll = probe_for(&m, &tb, ProbeNeed::Nll, &dev);
+        assert_eq!(nll.nll, both.nll);
+        assert!(nll.embeddings.is_empty());
+        let emb = probe_for(&m, &tb, ProbeNeed::Embeddings, &dev);
+        assert!(emb.nll.is_empty());
+        assert_eq!(emb.embeddings.len(), 3);
+        for (got, want) in emb.embeddings.iter().zip(&both.embeddings) {
+            assert!(max_abs_diff(got, want) < 1e-6);
+        }
+        // No target anywhere: nothing is projected and every NLL is 0.
+        let none = TokenBatch::new(&[(b, &[false, false])], 0);
+        assert_eq!(probe_for(&m, &none, ProbeNeed::Nll, &dev).nll, vec![0.0]);
+    }
+}
+
+#[test]
 fn example_without_targets_gives_zero_nll() {
     let m = model::<B>(&tiny(2, false), 5);
     let a: &[u32] = &[1, 2, 3];

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::masked_token_nll;
 use super::{
-    load_record, probe, save_record, write_atomic, Llama, ModelError, ProbeStats, TokenBatch,
+    load_record, probe_for, save_record, write_atomic, Llama, ModelError, ProbeNeed, ProbeStats,
+    TokenBatch,
 };
 
 /// Optimiser and schedule settings.
@@ -243,9 +244,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Mean NLL per example (over its targets) with no gradient, on the inner model.
     pub fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
-        let model = self.model().valid();
-        let (nll, _) = super::per_example_nll(&model, batch, &self.device);
-        nll.into_data().iter::<f32>().map(f64::from).collect()
+        self.probe_for(batch, ProbeNeed::Nll).nll
     }
 
     /// The greedy next token after each context ([`super::greedy_next`]), on the inner model.
@@ -253,9 +252,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         super::greedy_next(&self.model().valid(), contexts, pad, &self.device)
     }
 
-    /// Probe statistics ([`probe`]) with no gradient, on the inner model.
+    /// Probe statistics ([`probe`](super::probe)) with no gradient, on the inner model.
     pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
-        probe(&self.model().valid(), batch, &self.device)
+        self.probe_for(batch, ProbeNeed::Both)
+    }
+
+    /// The probe statistics `need` asks for ([`probe_for`]), with no gradient.
+    pub fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        probe_for(&self.model().valid(), batch, need, &self.device)
     }
 
     /// Saves the weights atomically to exactly `path` (burn named MessagePack, f32).

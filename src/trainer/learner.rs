@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use crate::data::Tokenizer;
-use crate::model::{ModelError, ProbeStats, StepOutput, TokenBatch};
+use crate::model::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 
 /// What the training loop needs from a model and its optimiser.
 pub trait Learner {
@@ -34,6 +34,15 @@ pub trait Learner {
     /// Probe statistics for the MoS rewards: per-example mean NLL (DIFF) and a pooled embedding
     /// per example (COSSIM; any fixed-width representation of the example under the model).
     fn probe(&self, batch: &TokenBatch) -> ProbeStats;
+
+    /// The probe statistics `need` asks for; the other field may come back empty. The loop asks
+    /// for NLLs at start-up (the theta_0 pass) and for what the run's reward reads at every
+    /// update, so a learner that can skip work (the built-in ones skip the output projection, or
+    /// run it only where a target is predicted) should override this. The default computes
+    /// both with [`Learner::probe`].
+    fn probe_for(&self, batch: &TokenBatch, _need: ProbeNeed) -> ProbeStats {
+        self.probe(batch)
+    }
 
     /// Writes everything needed to continue exactly (weights, optimiser moments, step) into
     /// `dir`, which exists and is empty.
@@ -78,6 +87,9 @@ impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Traine
     fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         crate::model::Trainer::probe(self, batch)
     }
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        crate::model::Trainer::probe_for(self, batch, need)
+    }
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         crate::model::Trainer::save_state(self, dir)
     }
@@ -111,6 +123,9 @@ impl Learner for crate::model::FusedTrainer {
     fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         crate::model::FusedTrainer::probe(self, batch)
     }
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        crate::model::FusedTrainer::probe_for(self, batch, need)
+    }
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         crate::model::FusedTrainer::save_state(self, dir)
     }
@@ -143,6 +158,9 @@ impl<L: Learner + ?Sized> Learner for Box<L> {
     }
     fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         (**self).probe(batch)
+    }
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        (**self).probe_for(batch, need)
     }
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         (**self).save_state(dir)

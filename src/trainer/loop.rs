@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::{Control, Learner, LiveSet, ReportGate};
 use crate::checkpoint::{self, LogLengths, RunState};
-use crate::config::{Config, NonFiniteAction, PplSpan, SampleUnit, Strategy};
+use crate::config::{Config, NonFiniteAction, PplSpan, RewardKind, SampleUnit, Strategy};
 use crate::data::{encode_all, probe_indices, Dataset, Example, Tokenizer};
 use crate::mixture::MixtureSampler;
-use crate::model::{LlamaConfig, TokenBatch, TrainHyper, Trainer};
+use crate::model::{LlamaConfig, ProbeNeed, TokenBatch, TrainHyper, Trainer};
 use crate::reward::{ProbeReport, RewardMsg};
 use crate::runlog::JsonlWriter;
 use crate::scheduler::{MixtureBoard, MixtureSnapshot, SchedulerMsg, SnapshotReply};
@@ -380,12 +380,20 @@ pub fn run_with_learner<L: Learner>(
     let needs_initial = ctx.resume.as_ref().is_none_or(|r| r.needs_initial_probe);
     if let (true, Some(sets), Some((reward, gate))) = (needs_initial, &probe_sets, &ctx.reward) {
         // theta_0 perplexities, computed once; the reward actor keeps them.
-        let report = probe_report(&trainer, sets, 0, true, counts.clone());
+        // NLLs only: the reward actor keeps theta_0's perplexities from this pass and nothing
+        // else, under either reward (a resume may switch COSSIM to DIFF).
+        let report = probe_report(&trainer, sets, ProbeNeed::Nll, 0, true, counts.clone());
         gate.acquire();
         if reward.cast(RewardMsg::Probe(report)).is_err() {
             gate.done();
         }
     }
+
+    // An update's probe pass computes only what the reward reads.
+    let update_need = match cfg.scheduler.reward {
+        RewardKind::Cossim => ProbeNeed::Embeddings,
+        RewardKind::Diff => ProbeNeed::Nll,
+    };
 
     let sample_counters: Vec<metrics::Counter> = names
         .iter()
@@ -706,7 +714,8 @@ pub fn run_with_learner<L: Learner>(
                     // forward pass either.
                     if admit(gate) {
                         target_version += 1;
-                        let report = probe_report(&trainer, sets, step, false, report_counts);
+                        let report =
+                            probe_report(&trainer, sets, update_need, step, false, report_counts);
                         runlog
                             .write(&RunEvent::Probe {
                                 step,
@@ -1134,6 +1143,7 @@ fn chunk(seqs: Vec<Seq>, size: usize, pad: u32) -> Vec<TokenBatch> {
 fn probe_report<L: Learner>(
     trainer: &L,
     sets: &FixedSets,
+    need: ProbeNeed,
     step: u64,
     initial: bool,
     counts: Vec<u64>,
@@ -1145,7 +1155,7 @@ fn probe_report<L: Learner>(
         let mut ds_nll = Vec::new();
         let mut ds_emb = Vec::new();
         for b in batches {
-            let stats = trainer.probe(b);
+            let stats = trainer.probe_for(b, need);
             ds_nll.extend(stats.nll);
             ds_emb.extend(stats.embeddings);
         }

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use self::kernels::{AttnShape, Mm};
 use super::{
     cpu_device, lr_at, write_atomic, Attention, CpuBackend, DecoderLayer, Llama, LlamaConfig, Mlp,
-    ModelError, ProbeStats, StepOutput, TokenBatch, TrainHyper,
+    ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch, TrainHyper,
 };
 
 /// Where one decoder block's parameters sit in the flat buffer. Matrices keep burn's
@@ -393,6 +393,28 @@ impl FusedTrainer {
     /// The forward pass over `tokens` (`[b, t]`, row-major) up to the logits, keeping every
     /// activation the backward pass needs in `acts`.
     fn forward(&self, tokens: &[i64], b: usize, t: usize, acts: &mut Acts) {
+        self.forward_hidden(tokens, b, t, acts);
+        let n = b * t;
+        fit(&mut acts.logits, n * self.cfg.vocab_size);
+        self.head(&acts.hf, n, &mut acts.logits);
+    }
+
+    /// The output projection of `rows` final hidden states (`[rows, d_model]`) into `out`
+    /// (`[rows, vocab]`): the model's own head, or the tied embedding read transposed in place.
+    fn head(&self, hidden: &[f32], rows: usize, out: &mut [f32]) {
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        match &self.layout.head {
+            Some(r) => kernels::mm(out, hidden, &self.w[r.clone()], Mm::NN, rows, d, v, false),
+            None => {
+                let embed = &self.w[self.layout.embed.clone()];
+                kernels::mm(out, hidden, embed, Mm::NT, rows, d, v, false);
+            }
+        }
+    }
+
+    /// The forward pass up to the final norm's output (`acts.hf`), without the output
+    /// projection: what a probe needs for embeddings, and the input of [`Self::head`].
+    fn forward_hidden(&self, tokens: &[i64], b: usize, t: usize, acts: &mut Acts) {
         let c = &self.cfg;
         assert!(
             t <= c.max_seq_len,
@@ -428,7 +450,6 @@ impl FusedTrainer {
         fit(&mut acts.xl, n * d);
         fit(&mut acts.rf, n);
         fit(&mut acts.hf, n * d);
-        fit(&mut acts.logits, n * v);
 
         let embed = &w[lay.embed.clone()];
         let first = match acts.layers.first_mut() {
@@ -500,19 +521,6 @@ impl FusedTrainer {
             &mut acts.hf,
             &mut acts.rf,
         );
-        match &lay.head {
-            Some(r) => kernels::mm(
-                &mut acts.logits,
-                &acts.hf,
-                &w[r.clone()],
-                Mm::NN,
-                n,
-                d,
-                v,
-                false,
-            ),
-            None => kernels::mm(&mut acts.logits, &acts.hf, embed, Mm::NT, n, d, v, false),
-        }
     }
 
     /// Target ids and weights per position (position `k` predicts token `k + 1`), the same
@@ -818,68 +826,83 @@ impl FusedTrainer {
         }
     }
 
-    /// Weighted NLL per position and the final hidden states, without gradients.
-    fn eval_pass(&self, batch: &TokenBatch, with_hidden: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    /// What `need` asks for, from one forward pass without gradients: per-example mean NLLs
+    /// (empty unless asked) and pooled embeddings (empty unless asked).
+    ///
+    /// Only the positions that predict a target are projected to the vocabulary, gathered into
+    /// one `[rows, d_model]` matrix; without NLLs the projection is skipped. The numbers are the
+    /// ones projecting every position and masking would give (a test checks that against
+    /// burn's full-logits loss).
+    fn eval_pass(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
         let (b, t) = (batch.batch, batch.len);
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
-        self.forward(&batch.tokens, b, t, &mut acts);
-        let (ids, wts) = Self::shifted_targets(batch);
-        let nll = kernels::cross_entropy(&mut acts.logits, self.cfg.vocab_size, &ids, &wts, None);
-        let hidden = with_hidden.then(|| acts.hf[..b * t * self.cfg.d_model].to_vec());
-        (nll, hidden)
-    }
-
-    fn mean_nll(batch: &TokenBatch, nll: &[f32]) -> Vec<f64> {
-        let t = batch.len;
-        batch
-            .targets_per_example()
-            .iter()
-            .enumerate()
-            .map(|(i, &count)| {
-                if count == 0 {
-                    0.0
-                } else {
-                    let s: f32 = nll[i * t..(i + 1) * t].iter().sum();
-                    f64::from(s / count as f32)
-                }
-            })
-            .collect()
+        self.forward_hidden(&batch.tokens, b, t, &mut acts);
+        let nll = if need.nll() {
+            let (ids, wts) = Self::shifted_targets(batch);
+            let rows: Vec<usize> = (0..b * t).filter(|&k| wts[k] > 0.0).collect();
+            let m = rows.len();
+            let mut picked = vec![0.0f32; m * d];
+            for (dst, &k) in picked.chunks_mut(d).zip(&rows) {
+                dst.copy_from_slice(&acts.hf[k * d..(k + 1) * d]);
+            }
+            fit(&mut acts.logits, m * v);
+            if m > 0 {
+                self.head(&picked, m, &mut acts.logits);
+            }
+            let targets: Vec<usize> = rows.iter().map(|&k| ids[k]).collect();
+            let weights: Vec<f32> = rows.iter().map(|&k| wts[k]).collect();
+            let token_nll = kernels::cross_entropy(&mut acts.logits, v, &targets, &weights, None);
+            let mut sum = vec![0.0f32; b];
+            for (&k, x) in rows.iter().zip(token_nll) {
+                sum[k / t] += x;
+            }
+            sum.iter()
+                .zip(batch.targets_per_example())
+                .map(|(&s, n)| if n == 0 { 0.0 } else { f64::from(s / n as f32) })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let embeddings = if need.embeddings() {
+            batch
+                .lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    let len = len.min(t);
+                    let mut e = vec![0.0f32; d];
+                    for row in acts.hf[i * t * d..].chunks(d).take(len) {
+                        for (o, x) in e.iter_mut().zip(row) {
+                            *o += x;
+                        }
+                    }
+                    if len > 0 {
+                        e.iter_mut().for_each(|x| *x /= len as f32);
+                    }
+                    e
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ProbeStats { nll, embeddings }
     }
 
     /// Mean NLL per example over its targets (0 for an example without targets).
     pub fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
-        let (nll, _) = self.eval_pass(batch, false);
-        Self::mean_nll(batch, &nll)
+        self.eval_pass(batch, ProbeNeed::Nll).nll
     }
 
     /// Probe statistics: per-example mean NLL and the mean final-norm hidden state over each
     /// example's real tokens (as [`probe`](super::probe)).
     pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
-        let (nll, hidden) = self.eval_pass(batch, true);
-        let hidden = hidden.unwrap_or_default();
-        let (t, d) = (batch.len, self.cfg.d_model);
-        let embeddings = batch
-            .lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &len)| {
-                let len = len.min(t);
-                let mut e = vec![0.0f32; d];
-                for row in hidden[i * t * d..].chunks(d).take(len) {
-                    for (o, x) in e.iter_mut().zip(row) {
-                        *o += x;
-                    }
-                }
-                if len > 0 {
-                    e.iter_mut().for_each(|x| *x /= len as f32);
-                }
-                e
-            })
-            .collect();
-        ProbeStats {
-            nll: Self::mean_nll(batch, &nll),
-            embeddings,
-        }
+        self.eval_pass(batch, ProbeNeed::Both)
+    }
+
+    /// The probe statistics `need` asks for (as [`probe_for`](super::probe_for)).
+    pub fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+        self.eval_pass(batch, need)
     }
 
     /// The greedy next token after each context (as [`greedy_next`](super::greedy_next)).

@@ -226,6 +226,23 @@ fn eval_probe_and_greedy_match_burn() {
         assert!(rel_err(g, w) < 1e-5);
     }
     assert_eq!(fused.eval_nll(&b), got.nll);
+    // The reference projects every position to the vocabulary and masks; the probe projects
+    // only the positions that predict a target (this batch has prompts and padding).
+    let (full, _) = crate::model::per_example_nll(&model, &b, &dev);
+    let full: Vec<f32> = full.into_data().iter::<f32>().collect();
+    assert_eq!(full.len(), got.nll.len());
+    for (g, w) in got.nll.iter().zip(&full) {
+        assert!(
+            (g - f64::from(*w)).abs() < 1e-5,
+            "probe nll {g} vs full logits {w}"
+        );
+    }
+    let nll_only = fused.probe_for(&b, ProbeNeed::Nll);
+    assert_eq!(nll_only.nll, got.nll);
+    assert!(nll_only.embeddings.is_empty());
+    let emb_only = fused.probe_for(&b, ProbeNeed::Embeddings);
+    assert_eq!(emb_only.embeddings, got.embeddings);
+    assert!(emb_only.nll.is_empty());
     let contexts = vec![vec![1u32, 5, 9], vec![2, 3], vec![7, 7, 7, 7, 1]];
     assert_eq!(
         fused.greedy_next(&contexts, 0),
