@@ -588,7 +588,7 @@ fn main() {
             origin:
                 "the paper's batch and dataset count, the method's default period and probe size",
             steps: env_usize("BENCH_PAPER_STEPS", if q { WARMUP_STEPS + 10 } else { 105 }),
-            rounds: env_usize("BENCH_PAPER_ROUNDS", if q { 1 } else { 5 }),
+            rounds: env_usize("BENCH_PAPER_ROUNDS", if q { 1 } else { 7 }),
             batch: if q { 16 } else { 64 },
             update_every: if q { 4 } else { 100 },
             probe_size: if q { 16 } else { 64 },
