@@ -526,13 +526,15 @@ fn section_probe(reps: usize) {
         ),
     ];
     println!(
-        "### 7b. Probe pass: the output projection only where a statistic needs it (fused \
-         trainer, one probe chunk, median of {reps}, alternating)\n"
+        "### 7b. The output projection only where a statistic or the loss needs it (fused \
+         trainer; probe passes of one chunk, median of {reps}; training steps, median of {}; \
+         alternating)\n",
+        reps.min(3)
     );
     let mut rows = Vec::new();
     for (name, cfg, b, t) in cases {
         let device = cpu_device();
-        let trainer = FusedTrainer::new(cfg.init_seeded::<CpuBackend>(1, &device), hyper())
+        let mut trainer = FusedTrainer::new(cfg.init_seeded::<CpuBackend>(1, &device), hyper())
             .expect("the fused kernels cover the benchmark models");
         let every = random_batch(b, t, 7);
         let seqs: Vec<Vec<u32>> = every
@@ -574,15 +576,39 @@ fn section_probe(reps: usize) {
                 format!("{:.2}x", base / m),
             ]);
         }
+        // Training steps on the same two batches: the loss and its gradient also project only
+        // the target positions, so a step on the half-target batch skips half the projection
+        // forward and both of its backward products.
+        let mut batches = [&every, &half];
+        for batch in batches {
+            trainer.train_step(batch);
+        }
+        let r = alternate(reps.min(3), &mut batches, |batch, _| {
+            time(|| trainer.train_step(batch)).1
+        });
+        let base = median(&r[0]);
+        let labels = [
+            "training step, every position a target",
+            "training step, half of the positions targets (before: as every position)",
+        ];
+        for (label, times) in labels.iter().zip(&r) {
+            let m = median(times);
+            rows.push(vec![
+                name.to_string(),
+                format!("{b} x {t}"),
+                label.to_string(),
+                format!("{:.1}", m * 1e3),
+                format!("{:.2}x", base / m),
+            ]);
+        }
     }
-    table(
-        &["model", "batch x seq", "probe pass", "ms", "speed-up"],
-        &rows,
-    );
+    table(&["model", "batch x seq", "pass", "ms", "speed-up"], &rows);
     println!(
         "DIFF projects the positions that predict a response token, and the start-up pass on \
          theta_0 does the same; COSSIM pools the final hidden states and projects nothing. \
-         Evaluation (`eval_nll`) takes the DIFF path with the training mask.\n"
+         Evaluation (`eval_nll`) takes the DIFF path with the training mask, and a training \
+         step projects only the positions its loss counts (prompt and padding positions carry \
+         no loss): before, both paid for every position.\n"
     );
 }
 

@@ -22,6 +22,36 @@ pub(crate) fn masked_token_nll<B: Backend>(
     (logp.reshape([b, t]).neg() * mask, hidden)
 }
 
+/// The NLL of every position that predicts a target, times its weight (`[rows]`, positions in
+/// order), projecting only those positions to the vocabulary: the same numbers as the nonzero
+/// entries of [`masked_token_nll`], without the logits of prompt and padding positions, whose
+/// `[rows, vocab]` product (and its two backward products) is the largest of a pretrained
+/// model's step. `None` when the batch has no target.
+pub(crate) fn target_token_nll<B: Backend>(
+    model: &Llama<B>,
+    batch: &TokenBatch,
+    device: &B::Device,
+) -> Option<Tensor<B, 1>> {
+    let (b, t) = (batch.batch, batch.len);
+    let (ids, weights) = batch.shifted_target_ids();
+    let rows: Vec<usize> = (0..b * t).filter(|&k| weights[k] > 0.0).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let hidden = model.forward_hidden(batch.tokens_tensor::<B>(device));
+    let d = hidden.dims()[2];
+    let m = rows.len();
+    let index: Vec<i64> = rows.iter().map(|&k| k as i64).collect();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), device);
+    let picked = hidden.reshape([b * t, d]).select(0, index);
+    let logits = model.logits(picked.reshape([1, m, d]));
+    let targets: Vec<i64> = rows.iter().map(|&k| ids[k]).collect();
+    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, m, 1]), device);
+    let w: Vec<f32> = rows.iter().map(|&k| weights[k]).collect();
+    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [m]), device);
+    Some(log_softmax(logits, 2).gather(2, targets).reshape([m]).neg() * w)
+}
+
 /// `1 / n` for each count (0 where `n == 0`), as a `[len]` tensor.
 fn inverse_counts<B: Backend>(counts: &[usize], device: &B::Device) -> Tensor<B, 1> {
     let inv: Vec<f32> = counts

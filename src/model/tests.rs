@@ -261,6 +261,48 @@ fn probe_projects_only_target_positions_and_skips_what_is_not_asked() {
 }
 
 #[test]
+fn training_loss_projecting_only_targets_matches_the_full_logits_loss_and_gradients() {
+    for tie in [true, false] {
+        let m = model::<AD>(&tiny(2, tie), 12);
+        let dev = cpu_device();
+        let a: &[u32] = &[3, 9, 4, 1, 7, 2];
+        let c: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let tb = TokenBatch::new(
+            &[
+                (a, &[false, false, true, true, true, false]),
+                (c, &[true; 9]),
+            ],
+            0,
+        );
+        let n = tb.num_targets() as f32;
+        let compact = loss::target_token_nll(&m, &tb, &dev).unwrap().sum() / n;
+        let (full, _) = loss::masked_token_nll(&m, &tb, &dev);
+        let full = full.sum() / n;
+        let (lc, lf) = (floats(compact.clone())[0], floats(full.clone())[0]);
+        assert!((lc - lf).abs() < 1e-6, "tie={tie}: {lc} vs {lf}");
+        let (gc, gf) = (compact.backward(), full.backward());
+        let mut params: Vec<Tensor<AD, 2>> = vec![
+            m.embed_tokens.weight.val(),
+            m.layers[1].self_attn.q_proj.weight.val(),
+        ];
+        if let Some(h) = &m.lm_head {
+            params.push(h.weight.val());
+        }
+        for p in params {
+            let x = floats(p.grad(&gc).unwrap());
+            let y = floats(p.grad(&gf).unwrap());
+            assert!(max_abs_diff(&x, &y) < 1e-6, "tie={tie}: gradients differ");
+            assert!(y.iter().any(|&v| v != 0.0));
+        }
+    }
+    // No target: nothing to project.
+    let m = model::<B>(&tiny(2, true), 12);
+    let b: &[u32] = &[5, 6];
+    let none = TokenBatch::new(&[(b, &[false, false])], 0);
+    assert!(loss::target_token_nll(&m, &none, &cpu_device()).is_none());
+}
+
+#[test]
 fn example_without_targets_gives_zero_nll() {
     let m = model::<B>(&tiny(2, false), 5);
     let a: &[u32] = &[1, 2, 3];

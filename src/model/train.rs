@@ -11,7 +11,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::loss::masked_token_nll;
+use super::loss::target_token_nll;
 use super::{
     load_record, probe_for, save_record, write_atomic, Llama, ModelError, ProbeNeed, ProbeStats,
     TokenBatch,
@@ -183,8 +183,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             return StepOutput::no_targets(lr);
         }
         let model = self.model.take().expect("model present");
-        // `_` drops the hidden states at once: only the loss graph must survive to backward.
-        let (tok, _) = masked_token_nll(&model, batch, &self.device);
+        // Only the target positions are projected to the vocabulary (`target_token_nll`).
+        let Some(tok) = target_token_nll(&model, batch, &self.device) else {
+            self.model = Some(model);
+            return StepOutput::no_targets(lr);
+        };
         let mut loss = tok.sum().div_scalar(target_tokens as f32);
         if std::mem::take(&mut self.poison_next) {
             loss = loss.mul_scalar(f32::NAN);

@@ -146,6 +146,11 @@ struct Acts {
     xl: Vec<f32>,
     rf: Vec<f32>,
     hf: Vec<f32>,
+    /// Positions (`example * t + k`) that predict a target, in order.
+    rows: Vec<usize>,
+    /// The final hidden states of those positions, `[rows, d_model]`.
+    hsel: Vec<f32>,
+    /// Logits of those positions only, `[rows, vocab]` (all positions only for greedy decoding).
     logits: Vec<f32>,
 }
 
@@ -154,6 +159,8 @@ struct Acts {
 struct GradScratch {
     dx: Vec<f32>,
     dxn: Vec<f32>,
+    /// Gradient of the gathered final hidden states, `[rows, d_model]`.
+    dsel: Vec<f32>,
     dh: Vec<f32>,
     du: Vec<f32>,
     d_o: Vec<f32>,
@@ -531,7 +538,33 @@ impl FusedTrainer {
         (ids.into_iter().map(|x| x as usize).collect(), w)
     }
 
-    /// The backward pass from the logits' gradient (in `acts.logits`) into `self.grad`.
+    /// After [`Self::forward_hidden`]: gathers the positions that predict a target into
+    /// `acts.hsel` and projects only those into `acts.logits` (`[rows, vocab]`). Returns their
+    /// target ids and weights. Prompt and padding positions carry no loss, so their logits
+    /// were wasted work: with a large vocabulary the projection is the biggest product of the
+    /// forward pass (and two more of the backward).
+    fn project_targets(&self, batch: &TokenBatch, acts: &mut Acts) -> (Vec<usize>, Vec<f32>) {
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        let (ids, wts) = Self::shifted_targets(batch);
+        acts.rows.clear();
+        acts.rows
+            .extend((0..batch.batch * batch.len).filter(|&k| wts[k] > 0.0));
+        let m = acts.rows.len();
+        fit(&mut acts.hsel, m * d);
+        for (dst, &k) in acts.hsel.chunks_mut(d).zip(&acts.rows) {
+            dst.copy_from_slice(&acts.hf[k * d..(k + 1) * d]);
+        }
+        fit(&mut acts.logits, m * v);
+        if m > 0 {
+            self.head(&acts.hsel, m, &mut acts.logits);
+        }
+        let targets = acts.rows.iter().map(|&k| ids[k]).collect();
+        let weights = acts.rows.iter().map(|&k| wts[k]).collect();
+        (targets, weights)
+    }
+
+    /// The backward pass from the gradient of the target positions' logits (`acts.logits`,
+    /// `[acts.rows, vocab]`, as [`Self::project_targets`] left them) into `self.grad`.
     fn backward(&mut self, tokens: &[i64], b: usize, t: usize, acts: &Acts) {
         let c = self.cfg.clone();
         let (n, d, f, v) = (b * t, c.d_model, c.ffn_hidden, c.vocab_size);
@@ -542,9 +575,11 @@ impl FusedTrainer {
         let w = &self.w;
         let g = &mut self.grad;
         let sc = &mut self.scratch;
+        let m = acts.rows.len();
         for (buf, len) in [
             (&mut sc.dx, n * d),
             (&mut sc.dxn, n * d),
+            (&mut sc.dsel, m * d),
             (&mut sc.dh, n * f),
             (&mut sc.du, n * f),
             (&mut sc.d_o, n * qw),
@@ -555,11 +590,21 @@ impl FusedTrainer {
             fit(buf, len);
         }
         let dlogits = &acts.logits;
-        // Output head: its weight gradient, and the gradient of the final hidden states (dxn).
+        // Output head over the target positions only: its weight gradient, and the gradient
+        // of those positions' final hidden states (dsel), scattered into dxn (zero elsewhere).
         match &lay.head {
             Some(r) => {
-                kernels::mm(&mut g[r.clone()], &acts.hf, dlogits, Mm::TN, d, n, v, false);
-                kernels::mm(&mut sc.dxn, dlogits, &w[r.clone()], Mm::NT, n, v, d, false);
+                kernels::mm(
+                    &mut g[r.clone()],
+                    &acts.hsel,
+                    dlogits,
+                    Mm::TN,
+                    d,
+                    m,
+                    v,
+                    false,
+                );
+                kernels::mm(&mut sc.dsel, dlogits, &w[r.clone()], Mm::NT, m, v, d, false);
                 g[lay.embed.clone()].fill(0.0);
             }
             None => {
@@ -567,24 +612,28 @@ impl FusedTrainer {
                 kernels::mm(
                     &mut g[lay.embed.clone()],
                     dlogits,
-                    &acts.hf,
+                    &acts.hsel,
                     Mm::TN,
                     v,
-                    n,
+                    m,
                     d,
                     false,
                 );
                 kernels::mm(
-                    &mut sc.dxn,
+                    &mut sc.dsel,
                     dlogits,
                     &w[lay.embed.clone()],
                     Mm::NN,
-                    n,
+                    m,
                     v,
                     d,
                     false,
                 );
             }
+        }
+        sc.dxn.fill(0.0);
+        for (src, &k) in sc.dsel.chunks(d).zip(&acts.rows) {
+            sc.dxn[k * d..(k + 1) * d].copy_from_slice(src);
         }
         sc.dx.fill(0.0);
         kernels::rmsnorm_bwd(
@@ -769,8 +818,8 @@ impl FusedTrainer {
         let (b, t) = (batch.batch, batch.len);
         let target_tokens = batch.num_targets();
         let mut acts = std::mem::take(&mut *self.acts.lock().unwrap_or_else(|e| e.into_inner()));
-        self.forward(&batch.tokens, b, t, &mut acts);
-        let (ids, wts) = Self::shifted_targets(batch);
+        self.forward_hidden(&batch.tokens, b, t, &mut acts);
+        let (ids, wts) = self.project_targets(batch, &mut acts);
         let inv = 1.0 / target_tokens as f32;
         let nll =
             kernels::cross_entropy(&mut acts.logits, self.cfg.vocab_size, &ids, &wts, Some(inv));
@@ -839,22 +888,10 @@ impl FusedTrainer {
         let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
         self.forward_hidden(&batch.tokens, b, t, &mut acts);
         let nll = if need.nll() {
-            let (ids, wts) = Self::shifted_targets(batch);
-            let rows: Vec<usize> = (0..b * t).filter(|&k| wts[k] > 0.0).collect();
-            let m = rows.len();
-            let mut picked = vec![0.0f32; m * d];
-            for (dst, &k) in picked.chunks_mut(d).zip(&rows) {
-                dst.copy_from_slice(&acts.hf[k * d..(k + 1) * d]);
-            }
-            fit(&mut acts.logits, m * v);
-            if m > 0 {
-                self.head(&picked, m, &mut acts.logits);
-            }
-            let targets: Vec<usize> = rows.iter().map(|&k| ids[k]).collect();
-            let weights: Vec<f32> = rows.iter().map(|&k| wts[k]).collect();
+            let (targets, weights) = self.project_targets(batch, &mut acts);
             let token_nll = kernels::cross_entropy(&mut acts.logits, v, &targets, &weights, None);
             let mut sum = vec![0.0f32; b];
-            for (&k, x) in rows.iter().zip(token_nll) {
+            for (&k, x) in acts.rows.iter().zip(token_nll) {
                 sum[k / t] += x;
             }
             sum.iter()
