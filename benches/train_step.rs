@@ -527,9 +527,8 @@ fn section_probe(reps: usize) {
     ];
     println!(
         "### 7b. The output projection only where a statistic or the loss needs it (fused \
-         trainer; probe passes of one chunk, median of {reps}; training steps, median of {}; \
-         alternating)\n",
-        reps.min(3)
+         trainer; probe passes of one chunk and training steps, median of {reps} each, \
+         alternating)\n"
     );
     let mut rows = Vec::new();
     for (name, cfg, b, t) in cases {
@@ -583,7 +582,7 @@ fn section_probe(reps: usize) {
         for batch in batches {
             trainer.train_step(batch);
         }
-        let r = alternate(reps.min(3), &mut batches, |batch, _| {
+        let r = alternate(reps, &mut batches, |batch, _| {
             time(|| trainer.train_step(batch)).1
         });
         let base = median(&r[0]);
