@@ -509,6 +509,26 @@ fn smollm2_shape() -> LlamaConfig {
     }
 }
 
+/// One table row per side: model, shape, the side's label, its median time in ms and its
+/// speed-up over the first side.
+fn speedup_rows(name: &str, shape: &str, labels: &[&str], times: &[Vec<f64>]) -> Vec<Vec<String>> {
+    let base = median(&times[0]);
+    labels
+        .iter()
+        .zip(times)
+        .map(|(label, t)| {
+            let m = median(t);
+            vec![
+                name.to_string(),
+                shape.to_string(),
+                label.to_string(),
+                format!("{:.1}", m * 1e3),
+                format!("{:.2}x", base / m),
+            ]
+        })
+        .collect()
+}
+
 /// Probe passes of the fused trainer with each kind of output. Side A asks for NLLs on a batch
 /// whose every position is a target: it projects every position to the vocabulary, which is
 /// what every probe pass (and every evaluation) computed before the probe learned to skip
@@ -559,22 +579,12 @@ fn section_probe(reps: usize) {
         let r = alternate(reps, &mut sides, |(batch, need), _| {
             time(|| std::hint::black_box(trainer.probe_for(batch, *need))).1
         });
-        let base = median(&r[0]);
         let labels = [
             "every position projected (what each probe pass ran before)",
             "DIFF, response span (half of the positions)",
             "COSSIM (embeddings only)",
         ];
-        for (label, times) in labels.iter().zip(&r) {
-            let m = median(times);
-            rows.push(vec![
-                name.to_string(),
-                format!("{b} x {t}"),
-                label.to_string(),
-                format!("{:.1}", m * 1e3),
-                format!("{:.2}x", base / m),
-            ]);
-        }
+        rows.extend(speedup_rows(name, &format!("{b} x {t}"), &labels, &r));
         // Training steps on the same two batches: the loss and its gradient also project only
         // the target positions, so a step on the half-target batch skips half the projection
         // forward and both of its backward products.
@@ -585,21 +595,11 @@ fn section_probe(reps: usize) {
         let r = alternate(reps, &mut batches, |batch, _| {
             time(|| trainer.train_step(batch)).1
         });
-        let base = median(&r[0]);
         let labels = [
             "training step, every position a target",
             "training step, half of the positions targets (before: as every position)",
         ];
-        for (label, times) in labels.iter().zip(&r) {
-            let m = median(times);
-            rows.push(vec![
-                name.to_string(),
-                format!("{b} x {t}"),
-                label.to_string(),
-                format!("{:.1}", m * 1e3),
-                format!("{:.2}x", base / m),
-            ]);
-        }
+        rows.extend(speedup_rows(name, &format!("{b} x {t}"), &labels, &r));
     }
     table(&["model", "batch x seq", "pass", "ms", "speed-up"], &rows);
     println!(
