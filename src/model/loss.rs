@@ -32,14 +32,33 @@ pub(crate) fn target_token_nll<B: Backend>(
     batch: &TokenBatch,
     device: &B::Device,
 ) -> Option<Tensor<B, 1>> {
-    let (b, t) = (batch.batch, batch.len);
     let (ids, weights) = batch.shifted_target_ids();
-    let rows: Vec<usize> = (0..b * t).filter(|&k| weights[k] > 0.0).collect();
+    let rows = target_rows(&weights);
     if rows.is_empty() {
         return None;
     }
     let hidden = model.forward_hidden(batch.tokens_tensor::<B>(device));
-    let d = hidden.dims()[2];
+    let w: Vec<f32> = rows.iter().map(|&k| weights[k]).collect();
+    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [rows.len()]), device);
+    Some(nll_at_rows(model, hidden, &rows, &ids, device) * w)
+}
+
+/// The flat positions (`example * len + k`) whose weight says they predict a target.
+fn target_rows(weights: &[f32]) -> Vec<usize> {
+    (0..weights.len()).filter(|&k| weights[k] > 0.0).collect()
+}
+
+/// The unweighted NLL (`[rows.len()]`) of the flat positions `rows` of `hidden`
+/// (`[batch, len, d_model]`) against the shifted target ids `ids`, gathering those positions
+/// into one `[rows, d_model]` matrix before the output projection. `rows` must not be empty.
+fn nll_at_rows<B: Backend>(
+    model: &Llama<B>,
+    hidden: Tensor<B, 3>,
+    rows: &[usize],
+    ids: &[i64],
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let [b, t, d] = hidden.dims();
     let m = rows.len();
     let index: Vec<i64> = rows.iter().map(|&k| k as i64).collect();
     let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), device);
@@ -47,9 +66,7 @@ pub(crate) fn target_token_nll<B: Backend>(
     let logits = model.logits(picked.reshape([1, m, d]));
     let targets: Vec<i64> = rows.iter().map(|&k| ids[k]).collect();
     let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, m, 1]), device);
-    let w: Vec<f32> = rows.iter().map(|&k| weights[k]).collect();
-    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [m]), device);
-    Some(log_softmax(logits, 2).gather(2, targets).reshape([m]).neg() * w)
+    log_softmax(logits, 2).gather(2, targets).reshape([m]).neg()
 }
 
 /// `1 / n` for each count (0 where `n == 0`), as a `[len]` tensor.
@@ -133,21 +150,14 @@ pub fn probe_for<B: Backend>(
     let hidden = model.forward_hidden(batch.tokens_tensor::<B>(device));
     let d = hidden.dims()[2];
     let (ids, weights) = batch.shifted_target_ids();
-    let rows: Vec<usize> = if need.nll() {
-        (0..b * t).filter(|&k| weights[k] > 0.0).collect()
+    let rows = if need.nll() {
+        target_rows(&weights)
     } else {
         Vec::new()
     };
     let mut parts = Vec::with_capacity(2);
     if !rows.is_empty() {
-        let m = rows.len();
-        let index: Vec<i64> = rows.iter().map(|&k| k as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [m]), device);
-        let picked = hidden.clone().reshape([b * t, d]).select(0, index);
-        let logits = model.logits(picked.reshape([1, m, d]));
-        let targets: Vec<i64> = rows.iter().map(|&k| ids[k]).collect();
-        let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, m, 1]), device);
-        parts.push(log_softmax(logits, 2).gather(2, targets).reshape([m]).neg());
+        parts.push(nll_at_rows(model, hidden.clone(), &rows, &ids, device));
     }
     if need.embeddings() {
         let mut real = vec![0.0f32; b * t];
