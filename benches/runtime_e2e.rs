@@ -368,9 +368,10 @@ fn section_overhead(rt: &tokio::runtime::Runtime, tmp: &Path, s: &Setting) -> (V
          paired by round: {worst_paired:.3}x). Scheduler path alone (probe passes taken out): \
          {} ({worst_stall:.3}x). Resolution of this run: the second static side, identical \
          work, came out at {control:.3}x (whole runs paired: {control_paired:.3}x); a MoS \
-         ratio that far from the first static side is within what noise alone does here. Probe examples run forward per trained example: {:.3} \
-         (probe_size x datasets / (update_every x batch_size)); a forward pass costs about a \
-         third of a training step, so the probes' expected share is about {:.1}%.\n",
+         ratio that far from the first static side is within what noise alone does here. \
+         Probe examples run forward per trained example: {:.3} (probe_size x datasets / \
+         (update_every x batch_size)); a forward pass costs about a third of a training step, \
+         so the probes' expected share is about {:.1}%.\n",
         verdict_at_least(worst_all, 0.98),
         verdict_at_least(worst_stall, 0.98),
         s.probe_per_trained(),
