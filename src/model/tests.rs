@@ -443,6 +443,24 @@ fn loss_falls_on_a_learnable_pattern() {
 }
 
 #[test]
+fn batch_without_targets_skips_the_update_and_keeps_the_model() {
+    let dev = cpu_device();
+    let mut tr = Trainer::<AD>::new(model::<AD>(&tiny(2, false), 11), hyper(1e-2), dev);
+    let before = floats(tr.model().embed_tokens.weight.val().inner());
+    let prompt_only: &[u32] = &[5, 6, 7];
+    let out = tr.train_step(&TokenBatch::new(&[(prompt_only, &[false; 3])], 0));
+    assert_eq!((out.loss, out.target_tokens), (0.0, 0));
+    assert!(out.finite);
+    assert_eq!(tr.step(), 1);
+    let after = floats(tr.model().embed_tokens.weight.val().inner());
+    assert_eq!(before, after);
+    // The model is still in place for the next step, which learns.
+    let next = tr.train_step(&pattern_batch());
+    assert!(next.finite && next.target_tokens > 0 && next.loss > 0.0);
+    assert_ne!(floats(tr.model().embed_tokens.weight.val().inner()), after);
+}
+
+#[test]
 fn non_finite_loss_skips_the_update() {
     let dev = cpu_device();
     let mut m = model::<AD>(&tiny(2, false), 11);

@@ -179,15 +179,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let lr = lr_at(&self.hyper, self.step);
         self.step += 1;
         let target_tokens = batch.num_targets();
-        if target_tokens == 0 {
-            return StepOutput::no_targets(lr);
-        }
-        let model = self.model.take().expect("model present");
-        // Only the target positions are projected to the vocabulary (`target_token_nll`).
-        let Some(tok) = target_token_nll(&model, batch, &self.device) else {
-            self.model = Some(model);
+        // Only the target positions are projected to the vocabulary; a batch without any
+        // target gives `None` before any forward pass, which is the one no-target path.
+        let model = self.model.as_ref().expect("model present");
+        let Some(tok) = target_token_nll(model, batch, &self.device) else {
             return StepOutput::no_targets(lr);
         };
+        let model = self.model.take().expect("model present");
         let mut loss = tok.sum().div_scalar(target_tokens as f32);
         if std::mem::take(&mut self.poison_next) {
             loss = loss.mul_scalar(f32::NAN);
