@@ -323,10 +323,13 @@ fn section_overhead(rt: &tokio::runtime::Runtime, tmp: &Path, s: &Setting) -> (V
     let (base, _) = stepwise_rate(&runs[0]);
     let mut rows = Vec::new();
     let (mut worst_all, mut worst_stall, mut worst_paired) = (f64::MAX, f64::MAX, f64::MAX);
+    let (mut control, mut control_paired) = (f64::NAN, f64::NAN);
     for (i, ((label, _), r)) in sides.iter().zip(&runs).enumerate() {
         let (all, without) = stepwise_rate(r);
         let (paired, per_round) = paired_ratios(r, &runs[0]);
-        if i > 0 && *label != CONTROL {
+        if *label == CONTROL {
+            (control, control_paired) = (all / base, paired);
+        } else if i > 0 {
             worst_all = worst_all.min(all / base);
             worst_stall = worst_stall.min(without / base);
             worst_paired = worst_paired.min(paired);
@@ -361,8 +364,6 @@ fn section_overhead(rt: &tokio::runtime::Runtime, tmp: &Path, s: &Setting) -> (V
         ],
         &rows,
     );
-    let control = stepwise_rate(&runs[1]).0 / base;
-    let control_paired = paired_ratios(&runs[1], &runs[0]).0;
     println!(
         "Target: MoS >= 0.98x static. Everything included: {} ({worst_all:.3}x; whole runs \
          paired by round: {worst_paired:.3}x). Scheduler path alone (probe passes taken out): \
