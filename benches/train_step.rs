@@ -12,10 +12,12 @@
 //! `L` layers, `d` the attention width (`n_heads * head_dim`), `T` the sequence length. The
 //! causal half of the score matrix is counted although it is wasted work, as PaLM does.
 //!
-//! Section `hotspots` times the two fixes of issue 7 against the code they replaced, kept
-//! below verbatim (`old_*`), alternating old and new on the 25M model's shapes, forward and
-//! backward: the projections as one 2-D product instead of burn's `Linear::forward`, and rotary
-//! positions applied in the projections' contiguous layout.
+//! Section `hotspots` times the fixes of issue 7 against the code they replaced, alternating old
+//! and new on the 25M model's shapes, forward and backward: the projections as one 2-D product
+//! instead of burn's `Linear::forward`, and rotary positions applied in the projections'
+//! contiguous layout (the replaced code kept below verbatim, `old_*`); and the fused trainer's
+//! causal attention cut to 64-row blocks instead of the whole `[t, t]` square (the old side is
+//! the same kernels with a single block).
 //!
 //! Section `pytorch` compares tokens/s with the same model, batch and optimiser in PyTorch on
 //! CPU (benches/pytorch_baseline.py, run with the interpreter in `MOS_PYTHON`, default
@@ -32,14 +34,17 @@
 
 mod common;
 
+use std::cell::RefCell;
+use std::hint::black_box;
+
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use common::{alternate, env_usize, median, quick, table, time, verdict_at_least};
 use mos_runtime::model::{
-    cpu_device, CpuAutodiff, CpuBackend, FusedTrainer, LlamaConfig, ProbeNeed, TokenBatch,
-    TrainHyper, Trainer,
+    cpu_device, AttentionKernelBench, CpuAutodiff, CpuBackend, FusedTrainer, LlamaConfig,
+    ProbeNeed, TokenBatch, TrainHyper, Trainer,
 };
 
 /// Which CPU trainer runs the steps: the fused kernels (the runtime's default on the CPU,
@@ -444,6 +449,11 @@ fn section_hotspots(reps: usize) {
         .unsqueeze_dim::<3>(1)
         .expand([t, nh, hd])
         .reshape([1, t * nh * hd]);
+    // The fused trainer's attention kernels on the model's heads; the old side is the same
+    // kernels with one block spanning every row, which is exactly the square they computed.
+    let kv = s.cfg.n_kv_heads;
+    let square = RefCell::new(AttentionKernelBench::new(b, t, nh, kv, hd, false));
+    let blocked = RefCell::new(AttentionKernelBench::new(b, t, nh, kv, hd, true));
     type Case<'a> = (
         &'a str,
         Box<dyn Fn() -> f64 + 'a>,
@@ -469,6 +479,11 @@ fn section_hotspots(reps: usize) {
             }),
             Box::new(|| fwd_bwd(&x, &|x| new_rope(x.reshape([b, t, nh, hd]), &row, &row))),
         ),
+        (
+            "causal attention, fused kernels (whole [t, t] square vs 64-row causal blocks)",
+            Box::new(|| time(|| black_box(square.borrow_mut().run())).1),
+            Box::new(|| time(|| black_box(blocked.borrow_mut().run())).1),
+        ),
     ];
     let mut rows = Vec::new();
     for (name, old, new) in &cases {
@@ -487,7 +502,9 @@ fn section_hotspots(reps: usize) {
     table(&["operation", "old ms", "new ms", "speed-up"], &rows);
     println!(
         "Per training step the 25M model runs 7 projections per layer (8 layers) plus the output \
-         projection, and rotary positions on q and k in every layer.\n"
+         projection, rotary positions on q and k, and one attention in every layer. The first \
+         three rows compare burn-level code; the attention row compares the fused trainer's \
+         kernels before and after they skip the score blocks above the diagonal.\n"
     );
 }
 

@@ -35,6 +35,8 @@ mod pretrained_tests;
 mod tests;
 
 pub use batch::TokenBatch;
+#[doc(hidden)]
+pub use fused::AttentionKernelBench;
 pub use fused::FusedTrainer;
 pub use generate::greedy_next;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};

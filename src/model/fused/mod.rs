@@ -394,6 +394,7 @@ impl FusedTrainer {
             heads: self.cfg.n_heads,
             kv_heads: self.cfg.n_kv_heads,
             hd: self.cfg.head_dim(),
+            block: kernels::CAUSAL_BLOCK,
         }
     }
 
@@ -1078,4 +1079,79 @@ fn read_moments(bytes: &[u8], len: usize) -> Result<(Vec<f32>, Vec<f32>), String
             .collect())
     };
     Ok((get("m")?, get("v")?))
+}
+
+/// The fused attention kernels on their own, forward then backward, for `benches/` (section 7
+/// times the causal blocks against the whole `[t, t]` square they replaced). Not part of the
+/// library's API: the kernels are internal and this is their only outside door.
+#[doc(hidden)]
+pub struct AttentionKernelBench {
+    shape: AttnShape,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    p: Vec<f32>,
+    o: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+impl AttentionKernelBench {
+    /// Buffers for `b` examples of `t` positions with the given heads, filled with a fixed
+    /// pattern (values do not matter for timing). `blocked = false` computes the whole square,
+    /// as the kernels did before the causal blocks.
+    pub fn new(
+        b: usize,
+        t: usize,
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+        blocked: bool,
+    ) -> Self {
+        let shape = AttnShape {
+            b,
+            t,
+            heads,
+            kv_heads,
+            hd,
+            block: if blocked { kernels::CAUSAL_BLOCK } else { t },
+        };
+        let fill = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect()
+        };
+        let (nq, nkv) = (b * t * heads * hd, b * t * kv_heads * hd);
+        Self {
+            shape,
+            q: fill(nq),
+            k: fill(nkv),
+            v: fill(nkv),
+            p: vec![0.0; b * heads * t * t],
+            o: vec![0.0; nq],
+            dq: vec![0.0; nq],
+            dk: vec![0.0; nkv],
+            dv: vec![0.0; nkv],
+        }
+    }
+
+    /// One forward and one backward pass (the forward's output doubles as the output gradient).
+    /// Returns a checksum of the gradients so the work cannot be optimised away.
+    pub fn run(&mut self) -> f32 {
+        let s = self.shape;
+        kernels::attention_fwd(s, &self.q, &self.k, &self.v, &mut self.p, &mut self.o);
+        kernels::attention_bwd(
+            s,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.p,
+            &self.o,
+            &mut self.dq,
+            &mut self.dk,
+            &mut self.dv,
+        );
+        self.dq[0] + self.dk[0] + self.dv[0]
+    }
 }

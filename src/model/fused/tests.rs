@@ -293,3 +293,32 @@ fn poisoned_step_is_skipped_and_counted_as_a_step() {
     assert!(f.train_step(&batch(0, c.vocab_size)).finite);
     assert_ne!(f.w, before);
 }
+
+#[test]
+fn causal_blocks_give_the_whole_squares_results() {
+    // 150 positions: two full 64-row blocks and a partial one; grouped heads (4 on 2 kv heads)
+    // so the dK/dV accumulation over a group crosses the blocks too.
+    let (b, t, heads, kv, hd) = (2, 150, 4, 2, 8);
+    let mut square = AttentionKernelBench::new(b, t, heads, kv, hd, false);
+    let mut blocked = AttentionKernelBench::new(b, t, heads, kv, hd, true);
+    assert_eq!(square.shape.block, t);
+    assert!(blocked.shape.block < t);
+    // Stale scores from an earlier step must not survive anywhere in `p`.
+    blocked.p.fill(f32::NAN);
+    square.run();
+    blocked.run();
+    for (name, got, want) in [
+        ("p", &blocked.p, &square.p),
+        ("o", &blocked.o, &square.o),
+        ("dq", &blocked.dq, &square.dq),
+        ("dk", &blocked.dk, &square.dk),
+        ("dv", &blocked.dv, &square.dv),
+    ] {
+        let e = rel_err(got, want);
+        assert!(e < 1e-5, "{name} differs by {e}");
+    }
+    // Every probability is written, zeros above the diagonal.
+    let first = &blocked.p[..t * t];
+    assert!(blocked.p.iter().all(|x| x.is_finite()));
+    assert!((0..t).all(|i| first[i * t + i + 1..(i + 1) * t].iter().all(|&x| x == 0.0)));
+}
