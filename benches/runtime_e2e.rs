@@ -17,7 +17,7 @@
 //! - `stall`: a scheduler that sleeps `BENCH_STALL_MS` (default 2000) per update versus a normal
 //!   one, both with the static temperature strategy (which sends its updates to the scheduler
 //!   actor but runs no probe pass, so nothing but the scheduler differs), alternating, timed
-//!   the same way.
+//!   the same way, with a second normal side as its A/A control.
 //! - `loaders`: the real loader actors of the demo datasets draining into a consumer as fast as
 //!   they can (tokenized examples/s, then batched with the trainer's padding), against what the
 //!   trainer consumes (steps/s x batch) and its data-wait share from the runs above.
@@ -396,22 +396,48 @@ fn section_stall(
     );
     let ue = format!("scheduler.update_every={update_every}");
     let slow = format!("scheduler.debug_update_delay_ms={delay}");
+    // A second normal side, identical work, is the A/A control: its distance from the first
+    // is what host noise alone does to this ratio in this very run.
     let sides = [
         ("normal", vec![ue.as_str()]),
         ("slow", vec![ue.as_str(), slow.as_str()]),
+        ("control", vec![ue.as_str()]),
     ];
     let runs = alternate_runs(rt, tmp, steps, rounds, &[], &sides);
     let (normal, _) = stepwise_rate(&runs[0]);
-    let (slow_rate, _) = stepwise_rate(&runs[1]);
-    let ratio = slow_rate / normal;
-    let (paired, per_round) = paired_ratios(&runs[1], &runs[0]);
-    let per_round = per_round
-        .iter()
-        .map(|x| format!("{x:.3}"))
-        .collect::<Vec<_>>()
-        .join(" ");
     let publishes =
         |r: &[RunStats]| mean(&r.iter().map(|x| x.publishes as f64).collect::<Vec<_>>());
+    let mut rows = Vec::new();
+    let mut ratios = [1.0f64; 3];
+    for (i, (label, r)) in [
+        "normal".to_string(),
+        format!("sleeping {delay} ms per update"),
+        "normal again (control)".to_string(),
+    ]
+    .into_iter()
+    .zip(&runs)
+    .enumerate()
+    {
+        let (rate, _) = stepwise_rate(r);
+        ratios[i] = rate / normal;
+        let (paired, per_round) = paired_ratios(r, &runs[0]);
+        rows.push(vec![
+            label,
+            format!("{rate:.3}"),
+            format!("{:.0}", publishes(r)),
+            format!("{:.3}x", ratios[i]),
+            format!("{paired:.3}x"),
+            if i == 0 {
+                String::new()
+            } else {
+                per_round
+                    .iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        ]);
+    }
     table(
         &[
             "scheduler",
@@ -421,31 +447,17 @@ fn section_stall(
             "whole runs paired by round (median)",
             "each round",
         ],
-        &[
-            vec![
-                "normal".into(),
-                format!("{normal:.3}"),
-                format!("{:.0}", publishes(&runs[0])),
-                "1.000x".into(),
-                "1.000x".into(),
-                String::new(),
-            ],
-            vec![
-                format!("sleeping {delay} ms per update"),
-                format!("{slow_rate:.3}"),
-                format!("{:.0}", publishes(&runs[1])),
-                format!("{ratio:.3}x"),
-                format!("{paired:.3}x"),
-                per_round,
-            ],
-        ],
+        &rows,
     );
     println!(
-        "Target: >= 0.99x: {} ({:.3}x). Fewer publishes show the slow scheduler fell behind \
-         (its reports beyond the gate's quota were dropped and counted), while the trainer \
-         went on with the mixture it had.\n",
-        verdict_at_least(ratio, 0.99),
-        ratio
+        "Target: >= 0.99x: {} ({:.3}x). Resolution of this run: the second normal side, \
+         identical work, came out at {:.3}x; a ratio that far from 1 is within what noise alone \
+         does here. Fewer publishes show the slow scheduler fell behind (its reports beyond the \
+         gate's quota were dropped and counted), while the trainer went on with the mixture it \
+         had.\n",
+        verdict_at_least(ratios[1], 0.99),
+        ratios[1],
+        ratios[2],
     );
     runs.into_iter().flatten().collect()
 }
