@@ -516,21 +516,8 @@ pub(crate) fn attention_bwd(
                             false,
                         );
                     }
-                    for (c0, c1) in causal_blocks(t, s.block) {
-                        // dV (+)= P^T dO.
-                        gemm_strided(
-                            c1 - c0,
-                            hd,
-                            t - c0,
-                            dvp.get().add(kv_off + c0 * kw),
-                            kw as isize,
-                            j > 0,
-                            transposed(pt, t).at(c0, c0),
-                            do_rows.at(c0, 0),
-                            1.0,
-                            false,
-                        );
-                    }
+                    // dV (+)= P^T dO.
+                    lower_transposed_product(s, pt, do_rows, dvp.get().add(kv_off), kw, j > 0);
                 }
                 // dS = P * (dP - rowsum(P * dP)), times the score scale. Row i reads only
                 // columns 0..=i of dP, all inside its row block's product.
@@ -560,25 +547,47 @@ pub(crate) fn attention_bwd(
                             false,
                         );
                     }
-                    for (c0, c1) in causal_blocks(t, s.block) {
-                        // dK (+)= dS^T Q.
-                        gemm_strided(
-                            c1 - c0,
-                            hd,
-                            t - c0,
-                            dkp.get().add(kv_off + c0 * kw),
-                            kw as isize,
-                            j > 0,
-                            transposed(dp, t).at(c0, c0),
-                            q_rows.at(c0, 0),
-                            1.0,
-                            false,
-                        );
-                    }
+                    // dK (+)= dS^T Q.
+                    lower_transposed_product(s, dp, q_rows, dkp.get().add(kv_off), kw, j > 0);
                 }
             }
         },
     );
+}
+
+/// `dst (+)= m^T x` for a `[t, t]` matrix `m` that is zero above the diagonal (P for dV, dS
+/// for dK) and `x` of `t` rows and `hd` columns, one causal column block at a time: rows
+/// `c0..c1` of `dst` only need rows `c0..t` of `m` and `x`.
+///
+/// # Safety
+/// `x` must be valid for `t` rows of `hd` columns and `dst` for `t` rows of `hd` columns at row
+/// stride `dst_rs`, not overlapping `m` or `x`.
+unsafe fn lower_transposed_product(
+    s: AttnShape,
+    m: &[f32],
+    x: View,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    let t = s.t;
+    for (c0, c1) in causal_blocks(t, s.block) {
+        // SAFETY: forwarded from the caller; the block stays inside `m`'s [t, t] extent.
+        unsafe {
+            gemm_strided(
+                c1 - c0,
+                s.hd,
+                t - c0,
+                dst.add(c0 * dst_rs),
+                dst_rs as isize,
+                accumulate,
+                transposed(m, t).at(c0, c0),
+                x.at(c0, 0),
+                1.0,
+                false,
+            )
+        };
+    }
 }
 
 /// SwiGLU forward: `h = silu(g) * u`, element-wise.
