@@ -455,6 +455,7 @@ pub(crate) fn attention_bwd(
     let (qw, kw) = (s.q_width(), s.kv_width());
     let rep = s.heads / s.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    let block = s.block.max(1);
     let n = s.b * t;
     assert!(dq.len() >= n * qw && dk.len() >= n * kw && dv.len() >= n * kw);
     assert!(q.len() >= n * qw && d_o.len() >= n * qw && k.len() >= n * kw && v.len() >= n * kw);
@@ -520,10 +521,13 @@ pub(crate) fn attention_bwd(
                     lower_transposed_product(s, pt, do_rows, dvp.get().add(kv_off), kw, j > 0);
                 }
                 // dS = P * (dP - rowsum(P * dP)), times the score scale. Row i reads only
-                // columns 0..=i of dP, all inside its row block's product.
+                // columns 0..=i of dP, all inside its row block's product. The products below
+                // read row i of dS up to the end of its row block, so only that stretch past
+                // the diagonal needs zeros; columns beyond it are never read.
                 for i in 0..t {
+                    let block_end = (i - i % block + block).min(t);
                     let pr = &pt[i * t..i * t + i + 1];
-                    let dr = &mut dp[i * t..(i + 1) * t];
+                    let dr = &mut dp[i * t..i * t + block_end];
                     let row_dot = dot(pr, &dr[..=i]);
                     for (d, &pv) in dr[..=i].iter_mut().zip(pr) {
                         *d = pv * (*d - row_dot) * scale;
