@@ -398,10 +398,11 @@ fn section_stall(
     let slow = format!("scheduler.debug_update_delay_ms={delay}");
     // A second normal side, identical work, is the A/A control: its distance from the first
     // is what host noise alone does to this ratio in this very run.
+    let sleeping = format!("sleeping {delay} ms per update");
     let sides = [
         ("normal", vec![ue.as_str()]),
-        ("slow", vec![ue.as_str(), slow.as_str()]),
-        ("control", vec![ue.as_str()]),
+        (sleeping.as_str(), vec![ue.as_str(), slow.as_str()]),
+        ("normal again (control)", vec![ue.as_str()]),
     ];
     let runs = alternate_runs(rt, tmp, steps, rounds, &[], &sides);
     let (normal, _) = stepwise_rate(&runs[0]);
@@ -409,20 +410,12 @@ fn section_stall(
         |r: &[RunStats]| mean(&r.iter().map(|x| x.publishes as f64).collect::<Vec<_>>());
     let mut rows = Vec::new();
     let mut ratios = [1.0f64; 3];
-    for (i, (label, r)) in [
-        "normal".to_string(),
-        format!("sleeping {delay} ms per update"),
-        "normal again (control)".to_string(),
-    ]
-    .into_iter()
-    .zip(&runs)
-    .enumerate()
-    {
+    for (i, ((label, _), r)) in sides.iter().zip(&runs).enumerate() {
         let (rate, _) = stepwise_rate(r);
         ratios[i] = rate / normal;
         let (paired, per_round) = paired_ratios(r, &runs[0]);
         rows.push(vec![
-            label,
+            label.to_string(),
             format!("{rate:.3}"),
             format!("{:.0}", publishes(r)),
             format!("{:.3}x", ratios[i]),

@@ -35,7 +35,6 @@
 mod common;
 
 use std::cell::RefCell;
-use std::hint::black_box;
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -481,8 +480,8 @@ fn section_hotspots(reps: usize) {
         ),
         (
             "causal attention, fused kernels (whole [t, t] square vs 64-row causal blocks)",
-            Box::new(|| time(|| black_box(square.borrow_mut().run())).1),
-            Box::new(|| time(|| black_box(blocked.borrow_mut().run())).1),
+            Box::new(|| time(|| std::hint::black_box(square.borrow_mut().run())).1),
+            Box::new(|| time(|| std::hint::black_box(blocked.borrow_mut().run())).1),
         ),
     ];
     let mut rows = Vec::new();
