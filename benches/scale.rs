@@ -17,19 +17,15 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use common::{median, percentile, progress, quick, rss_bytes, table, verdict_at_most};
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, Strategy as Mixing};
 use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Strategy};
 use mos_runtime::mixture::{MosScheduler, ProbeInput};
-use mos_runtime::reward::{ProbeReport, RewardActor, RewardArgs, RewardMsg};
 use mos_runtime::runtime::prepare;
-use mos_runtime::scheduler::{
-    MixtureBoard, MixtureSnapshot, SchedulerActor, SchedulerArgs, StartRecord, Strategy as Mixing,
-};
-use mos_runtime::trainer::{stream_seed, ReportGate};
-use ractor::Actor;
+use mos_runtime::seed::stream_seed;
 
 /// Probe examples per dataset and embedding width: the demo model's (`d_model` 128) with the
 /// benchmark's probe size.
@@ -121,52 +117,20 @@ async fn actor_latency(n: usize, reward: RewardKind, reps: usize, tmp: &Path) ->
     let sizes = vec![1000u64; n];
     let seed = stream_seed(7, "scheduler");
     let mos = MosScheduler::new(&settings, &sizes, None, seed).expect("scheduler");
-    let board = MixtureBoard::new(MixtureSnapshot {
-        version: 0,
-        step: 0,
-        names: names.clone().into(),
-        weights: mos.probs(),
-    });
-    let sched_gate = Arc::new(ReportGate::new(4));
-    let reward_gate = Arc::new(ReportGate::new(2));
     let log_path = tmp.join(format!("mixture-{n}-{reward:?}.jsonl"));
-    let (scheduler, scheduler_task) = Actor::spawn(
-        None,
-        SchedulerActor,
-        SchedulerArgs {
-            strategy: Mixing::Mos(Box::new(mos.clone())),
-            board: board.clone(),
-            log_path,
-            reward,
-            debug_delay: Duration::ZERO,
-            gate: sched_gate.clone(),
-            start: StartRecord {
-                names,
-                sizes,
-                scheduler: settings.clone(),
-                target: None,
-                seed,
-                prior: mos.probs(),
-            },
-            resume: false,
-        },
+    let actors = MixingPlan::new(
+        names,
+        sizes,
+        settings,
+        seed,
+        Mixing::Mos(Box::new(mos)),
+        log_path,
     )
+    .spawn(None)
     .await
-    .expect("scheduler actor");
-    let (reward_actor, reward_task) = Actor::spawn(
-        None,
-        RewardActor,
-        RewardArgs {
-            estimator: Box::new(mos),
-            reward,
-            scheduler: scheduler.clone(),
-            gate: reward_gate.clone(),
-            scheduler_gate: sched_gate,
-            initial_ppl: None,
-        },
-    )
-    .await
-    .expect("reward actor");
+    .expect("scheduler and reward actors");
+    let board = actors.mixing.board.clone();
+    let reward_actor = actors.mixing.reward.clone().expect("reward actor");
     let report = |step: u64, initial: bool, salt: usize| ProbeReport {
         step,
         initial,
@@ -185,18 +149,20 @@ async fn actor_latency(n: usize, reward: RewardKind, reps: usize, tmp: &Path) ->
     };
     let mut updates = board.subscribe();
     // theta_0 first (DIFF needs it; it yields no publish).
-    assert!(reward_gate.try_acquire());
     reward_actor
-        .cast(RewardMsg::Probe(report(0, true, 0)))
-        .expect("cast");
+        .try_send(RewardMsg::Probe(report(0, true, 0)))
+        .expect("an idle reward actor admits a report");
     let mut out = Vec::with_capacity(reps);
     for r in 0..reps {
         let msg = RewardMsg::Probe(report(r as u64 + 1, false, r + 1));
-        while !reward_gate.try_acquire() {
-            tokio::time::sleep(Duration::from_micros(100)).await;
-        }
+        let slot = loop {
+            match reward_actor.try_reserve() {
+                Some(slot) => break slot,
+                None => tokio::time::sleep(Duration::from_micros(100)).await,
+            }
+        };
         let t0 = Instant::now();
-        reward_actor.cast(msg).expect("cast");
+        slot.send(msg).expect("send");
         tokio::time::timeout(Duration::from_secs(30), updates.changed())
             .await
             .expect("publish within 30 s")
@@ -204,10 +170,7 @@ async fn actor_latency(n: usize, reward: RewardKind, reps: usize, tmp: &Path) ->
         out.push(t0.elapsed().as_secs_f64());
         updates.borrow_and_update();
     }
-    reward_actor.stop(None);
-    scheduler.stop(None);
-    let _ = reward_task.await;
-    let _ = scheduler_task.await;
+    actors.stop(Duration::from_secs(30)).await;
     out
 }
 

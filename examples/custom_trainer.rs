@@ -6,23 +6,18 @@
 //! cargo run --release -- replay --log target/custom-trainer/mixture.jsonl
 //! ```
 //!
-//! The wiring is the one `Runtime::start` builds for the burn trainer: a `MixtureBoard` the
-//! trainer reads lock-free, a `RewardActor` that turns per-example NLLs into DIFF rewards (with the
-//! EMA), and a `SchedulerActor` that runs the REINFORCE update, writes `mixture.jsonl` and
-//! publishes. A real trainer never waits for an update; this one waits after each probe only so
+//! The wiring is the one `Runtime::start` builds for the burn trainer, from the same
+//! `MixingPlan`: a `MixtureBoard` the trainer reads lock-free, a `RewardActor` that turns
+//! per-example NLLs into DIFF rewards (with the EMA), and a `SchedulerActor` that runs the
+//! REINFORCE update, writes `mixture.jsonl` and publishes. A real trainer never waits for an update; this one waits after each probe only so
 //! that its printout shows every mixture.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, SendError, Strategy as Mixing};
 use mos_runtime::config::{RewardKind, SchedulerConfig, Strategy};
 use mos_runtime::mixture::{MixtureSampler, MosScheduler};
-use mos_runtime::reward::{ProbeReport, RewardActor, RewardArgs, RewardMsg};
-use mos_runtime::scheduler::{
-    MixtureBoard, MixtureSnapshot, SchedulerActor, SchedulerArgs, StartRecord, Strategy as Mixing,
-};
-use mos_runtime::trainer::{stream_seed, ReportGate};
-use ractor::Actor;
+use mos_runtime::seed::stream_seed;
 
 /// (name, training examples, initial loss, learning speed per 1000 examples)
 const DATASETS: [(&str, u64, f64, f64); 3] = [
@@ -71,57 +66,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seed = stream_seed(7, "scheduler");
     let mos = MosScheduler::new(&settings, &sizes, None, seed)?;
 
-    let board = MixtureBoard::new(MixtureSnapshot {
-        version: 0,
-        step: 0,
-        names: names.clone().into(),
-        weights: mos.probs(),
-    });
     // Bounded-mailbox emulation: a report the actors have no room for is dropped, not queued.
-    let sched_gate = Arc::new(ReportGate::new(4));
-    let reward_gate = Arc::new(ReportGate::new(2));
-    let (scheduler, scheduler_task) = Actor::spawn(
-        None,
-        SchedulerActor,
-        SchedulerArgs {
-            strategy: Mixing::Mos(Box::new(mos.clone())),
-            board: board.clone(),
-            log_path: log_path.clone(),
-            reward: settings.reward,
-            debug_delay: Duration::ZERO,
-            gate: sched_gate.clone(),
-            start: StartRecord {
-                names: names.clone(),
-                sizes: sizes.clone(),
-                scheduler: settings.clone(),
-                target: None,
-                seed,
-                prior: mos.probs(),
-            },
-            resume: false,
-        },
+    let actors = MixingPlan::new(
+        names.clone(),
+        sizes,
+        settings,
+        seed,
+        Mixing::Mos(Box::new(mos)),
+        log_path.clone(),
     )
+    .spawn(None)
     .await?;
-    let (reward, reward_task) = Actor::spawn(
-        None,
-        RewardActor,
-        RewardArgs {
-            estimator: Box::new(mos),
-            reward: settings.reward,
-            scheduler: scheduler.clone(),
-            gate: reward_gate.clone(),
-            scheduler_gate: sched_gate,
-            initial_ppl: None,
-        },
-    )
-    .await?;
-
+    let board = actors.mixing.board.clone();
+    let reward = actors
+        .mixing
+        .reward
+        .clone()
+        .ok_or("a MoS plan starts a reward actor")?;
     let send = |report: ProbeReport| -> Result<bool, Box<dyn std::error::Error>> {
-        if !reward_gate.try_acquire() {
-            return Ok(false);
+        match reward.try_send(RewardMsg::Probe(report)) {
+            Ok(()) => Ok(true),
+            Err(SendError::Full) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        reward.cast(RewardMsg::Probe(report))?;
-        Ok(true)
     };
     let n = DATASETS.len();
     let mut seen = vec![0u64; n];
@@ -165,10 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    reward.stop(None);
-    scheduler.stop(None);
-    reward_task.await?;
-    scheduler_task.await?;
+    actors.stop(Duration::from_secs(10)).await;
 
     let replayed = mos_runtime::replay::replay(&log_path)?;
     println!(

@@ -9,8 +9,10 @@
 
 #![deny(missing_docs)]
 
+pub mod actors;
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod experiment;
 pub mod faults;
@@ -18,10 +20,9 @@ pub mod mixture;
 pub mod model;
 pub mod replay;
 pub mod report;
-pub mod reward;
 pub mod runlog;
 pub mod runtime;
-pub mod scheduler;
+pub mod seed;
 pub mod service;
 pub mod telemetry;
 pub mod trainer;

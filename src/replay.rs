@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use crate::config::Strategy;
+use crate::mixture::MixtureLogLine;
 use crate::mixture::{MixtureError, MosScheduler};
 use crate::runlog::{read_all, LogError};
-use crate::scheduler::MixtureLogLine;
 
 /// Why a replay could not run or did not reproduce the log.
 #[derive(Debug, thiserror::Error)]

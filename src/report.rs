@@ -85,7 +85,7 @@ enum RunLine {
     Other,
 }
 
-/// The fields of a `mixture.jsonl` update line (`scheduler::UpdateRecord`, tagged
+/// The fields of a `mixture.jsonl` update line (`mixture::UpdateRecord`, tagged
 /// `"kind": "update"`; older logs have the same record untagged) that the report needs.
 #[derive(Debug, Deserialize)]
 struct UpdateLine {
@@ -96,7 +96,7 @@ struct UpdateLine {
     names: Vec<String>,
 }
 
-/// The fields of the `mixture.jsonl` start line (`scheduler::StartRecord`, `"kind": "start"`).
+/// The fields of the `mixture.jsonl` start line (`mixture::StartRecord`, `"kind": "start"`).
 #[derive(Debug, Deserialize)]
 struct StartLine {
     names: Vec<String>,

@@ -8,25 +8,24 @@
 //! metrics recorder: that is the binary's (or the host's) job.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
+use crate::actors::scheduler::Strategy;
+use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::{Mixing, MixingPlan, ResumedMixing};
+
 use crate::checkpoint::{self, ActorState, RunState};
-use crate::config::{Backend, Config, ConfigError, LoaderFailureAction, Strategy as StrategyKind};
-use crate::data::{load_dataset, DataError, Dataset, LoaderActor, LoaderArgs, Tokenizer};
-use crate::mixture::{q_tau, static_mixture, MixtureError, MosScheduler};
-use crate::reward::{RewardActor, RewardArgs, RewardMsg};
-use crate::scheduler::{
-    export_weights, MixtureBoard, MixtureSnapshot, SchedulerActor, SchedulerArgs, SchedulerMsg,
-    StartRecord, Strategy,
-};
+use crate::config::{Backend, Config, ConfigError, Strategy as StrategyKind};
+use crate::control::{Control, LiveSet};
+use crate::data::{load_dataset, DataError, Dataset, Tokenizer};
+use crate::mixture::{q_tau, static_mixture, MixtureError, MixtureSnapshot, MosScheduler};
+use crate::seed::stream_seed;
 use crate::trainer::{
-    run_training, run_with_learner, Control, Learner, LiveSet, ReportGate, Resume, RunSummary,
-    TrainerCtx, TrainerError,
+    run_training, run_with_learner, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
 };
 
 /// Builds a host-supplied [`Learner`] on the trainer thread, from the config and the tokenizer
@@ -242,28 +241,36 @@ impl Runtime {
                 &cfg.scheduler,
                 &p.sizes,
                 target,
-                crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
+                stream_seed(cfg.runtime.seed, "scheduler"),
             )?),
             None => None,
         };
-        // Under MoS the published prior is the scorer's own softmax (equal to q_tau within
-        // rounding), so that every mixture in the log comes from one computation and `replay`
-        // can compare bit for bit.
-        let mut p = p;
-        if let Some(m) = &mos {
-            p.prior = m.probs();
-        }
-        let names: Arc<[String]> = p.datasets.iter().map(|d| d.name.clone()).collect();
-        let board = MixtureBoard::new(match &actor_state {
-            Some(a) => a.latest.clone(),
-            None => MixtureSnapshot {
-                version: 0,
-                step: 0,
-                names,
-                weights: p.prior.clone(),
-            },
-        });
-        export_weights(&board.load());
+        let strategy = match mos {
+            Some(m) => Strategy::Mos(Box::new(m)),
+            None => Strategy::Static(p.prior.clone()),
+        };
+        // ractor names are process-global; a per-instance suffix lets a host run several
+        // runtimes (or tests run in parallel) without name clashes.
+        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mixing = MixingPlan {
+            target,
+            resumed: actor_state.map(|a| ResumedMixing {
+                latest: a.latest,
+                estimator: a.estimator,
+                initial_ppl: a.initial_ppl,
+            }),
+            debug_delay: Duration::from_millis(cfg.scheduler.debug_update_delay_ms),
+            name_suffix: Some(instance.to_string()),
+            ..MixingPlan::new(
+                p.datasets.iter().map(|d| d.name.clone()).collect(),
+                p.sizes.clone(),
+                cfg.scheduler.clone(),
+                stream_seed(cfg.runtime.seed, "scheduler"),
+                strategy,
+                out.join("mixture.jsonl"),
+            )
+        };
         // Counters that only move on rare events are registered at zero, so dashboards and
         // alerts see a series (and a rate of 0) from the first scrape instead of "no data".
         metrics::counter!(crate::telemetry::REPORTS_DROPPED).increment(0);
@@ -284,38 +291,27 @@ impl Runtime {
             senders.push(tx);
             receivers.push(rx);
         }
-        let sched_gate = Arc::new(ReportGate::new(4));
-        let reward_gate = Arc::new(ReportGate::new(2));
-
-        // ractor names are process-global; a per-instance suffix lets a host run several
-        // runtimes (or tests run in parallel) without name clashes.
-        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (supervisor, sup_join) = Actor::spawn(
             Some(format!("mos-supervisor-{instance}")),
             Supervisor,
             SupervisorArgs {
                 instance,
-                prepared: p.clone(),
+                cfg: cfg.clone(),
+                datasets: p.datasets.clone(),
+                tokenizer: p.tokenizer.clone(),
                 senders,
                 cursors: resume
                     .as_ref()
                     .map_or_else(|| vec![0; p.datasets.len()], |r| r.state.cursors.clone()),
                 live: live.clone(),
-                resumed: resume.is_some(),
-                estimator: actor_state.as_ref().and_then(|a| a.estimator.clone()),
-                initial_ppl: actor_state.and_then(|a| a.initial_ppl),
-                board: board.clone(),
-                mos,
-                sched_gate: sched_gate.clone(),
-                reward_gate: reward_gate.clone(),
+                mixing,
                 control: control.clone(),
                 failure: failure.clone(),
             },
         )
         .await
         .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
-        let (scheduler, reward) = ractor::call!(supervisor, SupervisorMsg::Children)
+        let mixing: Mixing = ractor::call!(supervisor, SupervisorMsg::Children)
             .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
 
         let ctx = TrainerCtx {
@@ -323,9 +319,7 @@ impl Runtime {
             datasets: p.datasets,
             tokenizer: p.tokenizer,
             receivers,
-            board: board.clone(),
-            reward: reward.map(|r| (r, reward_gate.clone())),
-            scheduler: (scheduler, sched_gate),
+            mixing: mixing.clone(),
             control: control.clone(),
             model_shape: p.model.clone(),
             live,
@@ -345,7 +339,7 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
         Ok(RuntimeHandle {
-            board,
+            mixing,
             control,
             supervisor,
             sup_join: Some(sup_join),
@@ -379,9 +373,12 @@ fn run_on_backend(
     }
 }
 
+/// How long [`RuntimeHandle::wait`] waits for the scheduler to handle what is queued.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A running runtime.
 pub struct RuntimeHandle {
-    board: MixtureBoard,
+    mixing: Mixing,
     control: Arc<Control>,
     supervisor: ActorRef<SupervisorMsg>,
     sup_join: Option<tokio::task::JoinHandle<()>>,
@@ -392,12 +389,12 @@ pub struct RuntimeHandle {
 impl RuntimeHandle {
     /// The current mixture (lock-free).
     pub fn mixture(&self) -> Arc<MixtureSnapshot> {
-        self.board.load()
+        self.mixing.board.load()
     }
 
     /// A receiver notified at every mixture publish.
     pub fn subscribe(&self) -> watch::Receiver<Arc<MixtureSnapshot>> {
-        self.board.subscribe()
+        self.mixing.board.subscribe()
     }
 
     /// Pauses training between steps (loaders keep their queues full).
@@ -444,8 +441,14 @@ impl RuntimeHandle {
         })
         .await
         .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
-        // Let the scheduler handle what is already queued (the last update's log line), then stop.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Ordered drain: the scheduler handles what is already queued (the last update's log
+        // line) before anything stops. The bound only matters when an actor has failed.
+        if !self.mixing.flush(DRAIN_TIMEOUT).await {
+            tracing::warn!(
+                "the scheduler did not drain its mailbox within {}s",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
         self.supervisor.stop(None);
         if let Some(j) = self.sup_join.take() {
             let _ = j.await;
@@ -464,304 +467,6 @@ impl Drop for RuntimeHandle {
         // A handle dropped without `wait` must not leave a trainer running on its own.
         self.control.request_stop();
         self.supervisor.stop(None);
-    }
-}
-
-/// The root actor: spawns and links every other actor, restarts failed loaders with back-off,
-/// and stops the run when the scheduler or the reward actor fails (or a loader keeps failing and
-/// `data.on_loader_failure = "stop"`).
-struct Supervisor;
-
-struct SupervisorArgs {
-    instance: u64,
-    prepared: Prepared,
-    senders: Vec<crossbeam_channel::Sender<crate::data::Example>>,
-    cursors: Vec<u64>,
-    live: Arc<LiveSet>,
-    resumed: bool,
-    estimator: Option<MosScheduler>,
-    initial_ppl: Option<Vec<Vec<f64>>>,
-    board: MixtureBoard,
-    mos: Option<MosScheduler>,
-    sched_gate: Arc<ReportGate>,
-    reward_gate: Arc<ReportGate>,
-    control: Arc<Control>,
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-type Children = (ActorRef<SchedulerMsg>, Option<ActorRef<RewardMsg>>);
-
-enum SupervisorMsg {
-    Children(ractor::RpcReplyPort<Children>),
-    /// Restart the loader of dataset `i` (sent by the supervisor to itself after the back-off).
-    RestartLoader(usize),
-}
-
-/// One dataset's loader as the supervisor tracks it.
-struct LoaderSlot {
-    id: Option<ractor::ActorId>,
-    /// The next stream position to queue, shared with the running loader.
-    position: Arc<AtomicU64>,
-    /// A clone of the queue's sender, so a restarted loader feeds the same queue.
-    sender: crossbeam_channel::Sender<crate::data::Example>,
-    restarts: u32,
-}
-
-struct SupervisorState {
-    instance: u64,
-    prepared: Prepared,
-    loaders: Vec<LoaderSlot>,
-    live: Arc<LiveSet>,
-    scheduler: ActorRef<SchedulerMsg>,
-    reward: Option<ActorRef<RewardMsg>>,
-    control: Arc<Control>,
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-async fn spawn_loader(
-    myself: &ActorRef<SupervisorMsg>,
-    instance: u64,
-    p: &Prepared,
-    i: usize,
-    slot: &LoaderSlot,
-    generation: u32,
-) -> Result<ractor::ActorId, ActorProcessingErr> {
-    let cfg = &p.cfg;
-    let ds = &p.datasets[i];
-    let (actor, _) = Actor::spawn_linked(
-        Some(format!("mos-loader-{instance}-{}-{generation}", ds.name)),
-        LoaderActor,
-        LoaderArgs {
-            dataset_index: i,
-            dataset: ds.clone(),
-            tokenizer: p.tokenizer.clone(),
-            template: cfg.model.chat_template,
-            seq_len: cfg.training.seq_len,
-            seed: crate::trainer::stream_seed(cfg.runtime.seed, "data"),
-            start_at: slot.position.load(Ordering::Acquire),
-            position: slot.position.clone(),
-            sender: slot.sender.clone(),
-        },
-        myself.get_cell(),
-    )
-    .await?;
-    Ok(actor.get_id())
-}
-
-impl Actor for Supervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = SupervisorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: SupervisorArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let p = args.prepared;
-        let cfg = p.cfg.clone();
-        let mut loaders = Vec::with_capacity(p.datasets.len());
-        for (i, tx) in args.senders.into_iter().enumerate() {
-            let mut slot = LoaderSlot {
-                id: None,
-                position: Arc::new(AtomicU64::new(args.cursors.get(i).copied().unwrap_or(0))),
-                sender: tx,
-                restarts: 0,
-            };
-            slot.id = Some(spawn_loader(&myself, args.instance, &p, i, &slot, 0).await?);
-            loaders.push(slot);
-        }
-        let strategy = match &args.mos {
-            Some(m) => Strategy::Mos(Box::new(m.clone())),
-            None => Strategy::Static(p.prior.clone()),
-        };
-        let (scheduler, _) = Actor::spawn_linked(
-            Some(format!("mos-scheduler-{}", args.instance)),
-            SchedulerActor,
-            SchedulerArgs {
-                strategy,
-                board: args.board.clone(),
-                log_path: cfg.runtime.output_dir.join("mixture.jsonl"),
-                reward: cfg.scheduler.reward,
-                debug_delay: Duration::from_millis(cfg.scheduler.debug_update_delay_ms),
-                gate: args.sched_gate.clone(),
-                start: StartRecord {
-                    names: p.datasets.iter().map(|d| d.name.clone()).collect(),
-                    sizes: p.sizes.clone(),
-                    scheduler: cfg.scheduler.clone(),
-                    target: cfg
-                        .scheduler
-                        .target
-                        .as_deref()
-                        .and_then(|t| cfg.dataset_index(t)),
-                    seed: crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
-                    prior: p.prior.clone(),
-                },
-                resume: args.resumed,
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        let reward = match args.mos {
-            Some(m) => Some(
-                Actor::spawn_linked(
-                    Some(format!("mos-reward-{}", args.instance)),
-                    RewardActor,
-                    RewardArgs {
-                        estimator: Box::new(args.estimator.unwrap_or(m)),
-                        reward: cfg.scheduler.reward,
-                        scheduler: scheduler.clone(),
-                        gate: args.reward_gate.clone(),
-                        scheduler_gate: args.sched_gate.clone(),
-                        initial_ppl: args.initial_ppl,
-                    },
-                    myself.get_cell(),
-                )
-                .await?
-                .0,
-            ),
-            None => None,
-        };
-        Ok(SupervisorState {
-            instance: args.instance,
-            prepared: p,
-            loaders,
-            live: args.live,
-            scheduler,
-            reward,
-            control: args.control,
-            failure: args.failure,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupervisorMsg::Children(reply) => {
-                let _ = reply.send((state.scheduler.clone(), state.reward.clone()));
-            }
-            SupervisorMsg::RestartLoader(i) => {
-                if state.control.stop_requested() {
-                    return Ok(());
-                }
-                let name = state.prepared.datasets[i].name.clone();
-                let generation = state.loaders[i].restarts;
-                match spawn_loader(
-                    &myself,
-                    state.instance,
-                    &state.prepared,
-                    i,
-                    &state.loaders[i],
-                    generation,
-                )
-                .await
-                {
-                    Ok(id) => {
-                        state.loaders[i].id = Some(id);
-                        state.live.set_live(i);
-                        metrics::counter!(crate::telemetry::ACTOR_RESTARTS, "actor" => "loader")
-                            .increment(1);
-                        metrics::gauge!(crate::telemetry::DATASETS_LIVE)
-                            .set(state.live.live_count() as f64);
-                        tracing::info!(dataset = %name, restart = generation, position = state.loaders[i].position.load(Ordering::Acquire), "loader restarted");
-                    }
-                    Err(e) => {
-                        // A loader that cannot even start counts as one more failure.
-                        tracing::error!(dataset = %name, error = %e, "loader restart failed");
-                        self.loader_failed(&myself, state, i, &e.to_string());
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        evt: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(who, err) => {
-                let id = who.get_id();
-                if let Some(i) = state.loaders.iter().position(|l| l.id == Some(id)) {
-                    state.loaders[i].id = None;
-                    self.loader_failed(&myself, state, i, &err.to_string());
-                    return Ok(());
-                }
-                let name = who.get_name().unwrap_or_else(|| "actor".to_string());
-                tracing::error!(actor = %name, error = %err, "actor failed: stopping the run");
-                if let Ok(mut f) = state.failure.lock() {
-                    f.get_or_insert_with(|| format!("{name}: {err}"));
-                }
-                state.control.request_stop();
-            }
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                tracing::debug!(actor = ?who.get_name(), ?reason, "actor stopped");
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// Longest back-off between two restarts of one loader.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-impl Supervisor {
-    /// A loader failed: schedule a restart after an exponential back-off, or, past
-    /// `data.max_loader_restarts`, drop the dataset or stop the run.
-    fn loader_failed(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        state: &mut SupervisorState,
-        i: usize,
-        err: &str,
-    ) {
-        let cfg = &state.prepared.cfg;
-        let name = state.prepared.datasets[i].name.clone();
-        state.live.set_restarting(i);
-        let slot = &mut state.loaders[i];
-        slot.restarts += 1;
-        if slot.restarts > cfg.data.max_loader_restarts {
-            match cfg.data.on_loader_failure {
-                LoaderFailureAction::Drop => {
-                    state.live.drop_dataset(i);
-                    metrics::counter!(crate::telemetry::DATASETS_DROPPED).increment(1);
-                    tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: dataset dropped (data.on_loader_failure = \"drop\"); training goes on over the others");
-                    if !state.live.any_usable() {
-                        if let Ok(mut f) = state.failure.lock() {
-                            f.get_or_insert_with(|| "every dataset was dropped".to_string());
-                        }
-                        state.control.request_stop();
-                    }
-                }
-                LoaderFailureAction::Stop => {
-                    tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: stopping the run (data.on_loader_failure = \"stop\")");
-                    if let Ok(mut f) = state.failure.lock() {
-                        f.get_or_insert_with(|| {
-                            format!(
-                                "the loader of dataset `{name}` failed {} times (data.max_loader_restarts = {}): {err}",
-                                slot.restarts, cfg.data.max_loader_restarts
-                            )
-                        });
-                    }
-                    state.control.request_stop();
-                }
-            }
-        } else {
-            let factor = 1u64 << (slot.restarts - 1).min(16);
-            let backoff = Duration::from_millis(cfg.data.restart_backoff_ms.saturating_mul(factor))
-                .min(MAX_BACKOFF);
-            tracing::warn!(dataset = %name, failure = slot.restarts, backoff_ms = backoff.as_millis() as u64, error = err, "loader failed: restarting after back-off; sampling goes on over the other datasets");
-            myself.send_after(backoff, move || SupervisorMsg::RestartLoader(i));
-        }
-        metrics::gauge!(crate::telemetry::DATASETS_LIVE).set(state.live.live_count() as f64);
     }
 }
 
@@ -1011,7 +716,7 @@ fn remap(
             &cfg.scheduler,
             &latest.weights,
             target,
-            crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
+            stream_seed(cfg.runtime.seed, "scheduler"),
         )?),
         None => None,
     };

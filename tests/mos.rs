@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use mos_runtime::config::Config;
+use mos_runtime::mixture::{MixtureLogLine, UpdateRecord};
 use mos_runtime::runtime::Runtime;
-use mos_runtime::scheduler::{MixtureLogLine, UpdateRecord};
 
 fn run(cfg: Config) {
     tokio_rt().block_on(async { Runtime::start(cfg).await.unwrap().wait().await.unwrap() });

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mos_runtime::scheduler::{MixtureLogLine, UpdateRecord};
+use mos_runtime::mixture::{MixtureLogLine, UpdateRecord};
 use serde::Deserialize;
 
 /// A corpus and the base config of these tests (MoS with DIFF + EMA, updates every 5 steps).

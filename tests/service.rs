@@ -12,15 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, Strategy as Mixing};
 use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Secret, Strategy};
-use mos_runtime::mixture::MosScheduler;
-use mos_runtime::reward::{ProbeReport, RewardActor, RewardArgs, RewardMsg};
-use mos_runtime::scheduler::{
-    MixtureBoard, MixtureLogLine, MixtureSnapshot, SchedulerActor, SchedulerArgs, StartRecord,
-    Strategy as Mixing, UpdateRecord,
-};
+use mos_runtime::mixture::{MixtureLogLine, MosScheduler, StartRecord, UpdateRecord};
+use mos_runtime::seed::stream_seed;
 use mos_runtime::service::{self, ServiceHandle};
-use mos_runtime::trainer::{stream_seed, ReportGate};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -710,55 +706,25 @@ fn run_actors(
     rt.block_on(async {
         let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
         let mos = MosScheduler::new(settings, &SIZES, None, seed).unwrap();
-        let board = MixtureBoard::new(MixtureSnapshot {
-            version: 0,
-            step: 0,
-            names: names.clone().into(),
-            weights: mos.probs(),
-        });
-        let sched_gate = Arc::new(ReportGate::new(4));
-        let reward_gate = Arc::new(ReportGate::new(64));
-        let (scheduler, sj) = ractor::Actor::spawn(
-            None,
-            SchedulerActor,
-            SchedulerArgs {
-                strategy: Mixing::Mos(Box::new(mos.clone())),
-                board: board.clone(),
-                log_path: log.to_path_buf(),
-                reward: settings.reward,
-                debug_delay: Duration::ZERO,
-                gate: sched_gate.clone(),
-                start: StartRecord {
-                    names,
-                    sizes: SIZES.to_vec(),
-                    scheduler: settings.clone(),
-                    target: None,
-                    seed,
-                    prior: mos.probs(),
-                },
-                resume: false,
-            },
-        )
+        let actors = MixingPlan {
+            reward_capacity: 64,
+            ..MixingPlan::new(
+                names,
+                SIZES.to_vec(),
+                settings.clone(),
+                seed,
+                Mixing::Mos(Box::new(mos)),
+                log.to_path_buf(),
+            )
+        }
+        .spawn(None)
         .await
         .unwrap();
-        let (reward, rj) = ractor::Actor::spawn(
-            None,
-            RewardActor,
-            RewardArgs {
-                estimator: Box::new(mos),
-                reward: settings.reward,
-                scheduler: scheduler.clone(),
-                gate: reward_gate.clone(),
-                scheduler_gate: sched_gate,
-                initial_ppl: None,
-            },
-        )
-        .await
-        .unwrap();
+        let board = actors.mixing.board.clone();
+        let reward = actors.mixing.reward.clone().unwrap();
         let expected = reports.iter().filter(|r| !r.initial).count() as u64;
         for r in reports {
-            assert!(reward_gate.try_acquire());
-            reward.cast(RewardMsg::Probe(r)).unwrap();
+            assert!(reward.try_send(RewardMsg::Probe(r)).is_ok());
         }
         let mut rx = board.subscribe();
         tokio::time::timeout(
@@ -768,10 +734,7 @@ fn run_actors(
         .await
         .unwrap()
         .unwrap();
-        reward.stop(None);
-        scheduler.stop(None);
-        rj.await.unwrap();
-        sj.await.unwrap();
+        actors.stop(Duration::from_secs(30)).await;
     });
     mos_runtime::runlog::read_all::<MixtureLogLine>(log)
         .unwrap()

@@ -74,11 +74,11 @@ fn same_seed_gives_the_same_sample_stream() {
     // Realised dataset frequencies follow the published mixture: chi-square over the 200 draws
     // against the prior recorded in mixture.jsonl (3 degrees of freedom, p = 0.001 -> 16.27).
     let log = dir.path().join("a").join("mixture.jsonl");
-    let start = mos_runtime::runlog::read_all::<mos_runtime::scheduler::MixtureLogLine>(&log)
+    let start = mos_runtime::runlog::read_all::<mos_runtime::mixture::MixtureLogLine>(&log)
         .unwrap()
         .into_iter()
         .find_map(|l| match l {
-            mos_runtime::scheduler::MixtureLogLine::Start(s) => Some(s),
+            mos_runtime::mixture::MixtureLogLine::Start(s) => Some(s),
             _ => None,
         })
         .unwrap();

@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mos_runtime::data::{Example, LoaderActor, LoaderArgs};
+use mos_runtime::actors::{LoaderActor, LoaderArgs};
+use mos_runtime::data::Example;
 use mos_runtime::runtime::Prepared;
-use mos_runtime::trainer::stream_seed;
+use mos_runtime::seed::stream_seed;
 use ractor::{Actor, ActorRef};
 
 /// One started loader actor per prepared dataset, each filling its own bounded queue of
@@ -21,7 +22,7 @@ pub async fn spawn_loaders(
 ) -> (
     Vec<crossbeam_channel::Receiver<Example>>,
     Vec<(
-        ActorRef<mos_runtime::data::LoaderMsg>,
+        ActorRef<mos_runtime::actors::LoaderMsg>,
         tokio::task::JoinHandle<()>,
     )>,
 ) {

@@ -2,9 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::mixture::{MixtureSampler, MosScheduler};
+use crate::mixture::{MixtureSampler, MixtureSnapshot, MosScheduler};
 use crate::model::LlamaConfig;
-use crate::scheduler::MixtureSnapshot;
 
 /// Byte lengths of the run's append-only logs when the checkpoint was taken. On resume each log
 /// is cut back to this length, so the logs describe the resumed trajectory and never mix in lines

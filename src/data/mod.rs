@@ -1,5 +1,6 @@
-//! Data: record formats, tokenizers, train/eval splits, the deterministic example stream, probe
-//! sets, and the loader actor that prefetches tokenized examples for the trainer.
+//! Data: record formats, tokenizers, train/eval splits, the deterministic example stream and
+//! probe sets. The loader actor that prefetches from the stream is in
+//! [`actors::loader`](crate::actors::loader).
 //!
 //! What this module owns:
 //! - parsing dataset files ([`format`]): JSONL (`text`, `prompt`/`response`, `messages`) and plain
@@ -11,8 +12,7 @@
 //!   [`epoch_order`]); the `n`-th example of a dataset is a pure function of
 //!   `(seed, dataset index, n)` ([`example_at`]), which is what makes resume exact;
 //! - the probe-set choice ([`probe_indices`]) on its own RNG stream, distinct from training data;
-//! - [`LoaderActor`]: a ractor actor whose dedicated OS thread keeps one bounded crossbeam queue
-//!   full.
+//! - `ExampleStream`: a dataset's examples in stream order, which a loader's thread encodes.
 //!
 //! What it must never do: touch tensors or the device (that is the trainer's), block a tokio
 //! worker (all blocking sends happen on the loader's own thread), install a tracing subscriber or
@@ -23,17 +23,16 @@ mod chat;
 mod dataset;
 mod encode;
 mod format;
-mod loader;
 mod tokenizer;
 
 use std::path::PathBuf;
 
 pub use answers::{answer_items, is_exact_match, normalize_answer, AnswerItem, AnswerSkips};
+pub(crate) use dataset::ExampleStream;
 pub use dataset::{
     epoch_order, example_at, load_dataset, probe_indices, split_fraction, Dataset, Example,
 };
 pub use encode::{encode_all, encode_record, Encoded};
-pub use loader::{LoaderActor, LoaderArgs, LoaderMsg, LoaderState, LoaderStats};
 pub use tokenizer::Tokenizer;
 pub(crate) use tokenizer::IM_END;
 

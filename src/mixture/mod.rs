@@ -17,7 +17,9 @@
 
 mod adam;
 mod exact;
+mod log;
 mod prior;
+mod publish;
 mod rewards;
 mod sampler;
 mod scheduler_state;
@@ -27,7 +29,9 @@ mod scorer;
 mod tests;
 
 pub use adam::Adam;
+pub use log::{reward_label, MixtureLogLine, StartRecord, UpdateRecord};
 pub use prior::{q_tau, static_mixture};
+pub use publish::{export_weights, MixtureBoard, MixtureSnapshot};
 pub use rewards::{
     cosine, cossim_rewards, cossim_target_rewards, diff_rewards, mean_embedding, mospec_diff, Ema,
 };

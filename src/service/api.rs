@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::{StartRecord, UpdateRecord};
+use crate::mixture::{StartRecord, UpdateRecord};
 
 /// `POST /v1/datasets`: the dataset list, in the order every later per-dataset array uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{RewardKind, SchedulerConfig};
+use crate::mixture::{MixtureBoard, MixtureLogLine, MixtureSnapshot, StartRecord, UpdateRecord};
 use crate::mixture::{MixtureError, MosScheduler, ProbeInput, REWARD_FLOOR};
 use crate::runlog::JsonlWriter;
-use crate::scheduler::{MixtureBoard, MixtureLogLine, MixtureSnapshot, StartRecord, UpdateRecord};
 
 use super::api::{
     DatasetSpec, Health, History, PairedStats, RegisterRequest, Registration, UpdateRequest,
@@ -242,7 +242,7 @@ impl ServiceCore {
             names: names.into(),
             weights: start.prior.clone(),
         });
-        crate::scheduler::export_weights(&board.load());
+        crate::mixture::export_weights(&board.load());
         let snap = board.load();
         inner.mos = Some(mos);
         inner.log = log;

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 pub use self::core::{ApiError, ServiceCore};
 pub use self::http::{routes, OPENAPI_YAML};
 use crate::config::{Config, ConfigError};
-use crate::scheduler::MixtureSnapshot;
+use crate::mixture::MixtureSnapshot;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ pub async fn serve_with_env(
     };
     let core = ServiceCore::new(
         cfg.scheduler.clone(),
-        crate::trainer::stream_seed(cfg.runtime.seed, "scheduler"),
+        crate::seed::stream_seed(cfg.runtime.seed, "scheduler"),
         cfg.service.max_datasets,
         cfg.service.mixture_log.as_deref(),
     );

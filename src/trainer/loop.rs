@@ -6,18 +6,18 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use ractor::ActorRef;
 use serde::Serialize;
 
-use super::{Control, Learner, LiveSet, ReportGate};
+use super::Learner;
+use crate::actors::{Mixing, ProbeReport, RewardMsg, SchedulerMsg, SendError, SnapshotReply};
 use crate::checkpoint::{self, LogLengths, RunState};
 use crate::config::{Config, NonFiniteAction, PplSpan, RewardKind, SampleUnit, Strategy};
+use crate::control::{Control, LiveSet};
 use crate::data::{encode_all, probe_indices, Dataset, Example, Tokenizer};
-use crate::mixture::MixtureSampler;
+use crate::mixture::{MixtureBoard, MixtureSampler, MixtureSnapshot};
 use crate::model::{LlamaConfig, ProbeNeed, TokenBatch, TrainHyper, Trainer};
-use crate::reward::{ProbeReport, RewardMsg};
 use crate::runlog::JsonlWriter;
-use crate::scheduler::{MixtureBoard, MixtureSnapshot, SchedulerMsg, SnapshotReply};
+use crate::seed::stream_seed;
 use crate::telemetry;
 
 /// Why the trainer stopped with an error.
@@ -82,12 +82,9 @@ pub struct TrainerCtx {
     pub tokenizer: Arc<Tokenizer>,
     /// One prefetch queue per dataset, in config order.
     pub receivers: Vec<Receiver<Example>>,
-    /// Where the current mixture is read from.
-    pub board: MixtureBoard,
-    /// The reward actor (MoS only) and its gate.
-    pub reward: Option<(ActorRef<RewardMsg>, Arc<ReportGate>)>,
-    /// The scheduler actor and its gate (ticks of static strategies).
-    pub scheduler: (ActorRef<SchedulerMsg>, Arc<ReportGate>),
+    /// The mixing pair: the board the current mixture is read from, the reward actor (MoS
+    /// only) and the scheduler (ticks of static strategies).
+    pub mixing: Mixing,
     /// Stop, pause and checkpoint requests.
     pub control: Arc<Control>,
     /// The model shape, recorded in checkpoints (a resume with another shape is refused).
@@ -210,12 +207,6 @@ fn training_mask(ex_mask: &[bool], loss_on_prompt: bool) -> Vec<bool> {
 struct FixedSets {
     /// For each dataset, its batches (possibly none).
     batches: Vec<Vec<TokenBatch>>,
-}
-
-/// Derives an independent RNG seed for a named stream, so data, probes and scheduler never share
-/// random numbers (design invariant 5).
-pub fn stream_seed(seed: u64, stream: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(stream.as_bytes(), seed)
 }
 
 /// Runs the whole training loop with the built-in burn Llama on `device`, on the calling thread
@@ -378,15 +369,13 @@ pub fn run_with_learner<L: Learner>(
         .as_ref()
         .map_or_else(|| vec![0u64; n], |r| r.counts.clone());
     let needs_initial = ctx.resume.as_ref().is_none_or(|r| r.needs_initial_probe);
-    if let (true, Some(sets), Some((reward, gate))) = (needs_initial, &probe_sets, &ctx.reward) {
+    if let (true, Some(sets), Some(reward)) = (needs_initial, &probe_sets, &ctx.mixing.reward) {
         // theta_0 perplexities, computed once; the reward actor keeps them.
         // NLLs only: the reward actor keeps theta_0's perplexities from this pass and nothing
-        // else, under either reward (a resume may switch COSSIM to DIFF).
+        // else, under either reward (a resume may switch COSSIM to DIFF). A reward actor that
+        // has stopped has stopped the run; its supervisor reports why.
         let report = probe_report(&trainer, sets, ProbeNeed::Nll, 0, true, counts.clone());
-        gate.acquire();
-        if reward.cast(RewardMsg::Probe(report)).is_err() {
-            gate.done();
-        }
+        let _ = reward.send(RewardMsg::Probe(report));
     }
 
     // An update's probe pass computes only what the reward reads.
@@ -433,7 +422,7 @@ pub fn run_with_learner<L: Learner>(
     // milliseconds) the run does not depend on thread timing and resumes exactly.
     let mut active: Arc<MixtureSnapshot> = match &resumed {
         Some(r) => Arc::new(r.active.clone()),
-        None => ctx.board.load(),
+        None => ctx.mixing.board.load(),
     };
     let mut target_version = resumed
         .as_ref()
@@ -692,27 +681,24 @@ pub fn run_with_learner<L: Learner>(
         if step.is_multiple_of(cfg.scheduler.update_every) && step < max_steps {
             // Adopt the mixture of the previous report before sending this one.
             active = adopt(
-                &ctx.board,
+                &ctx.mixing.board,
                 target_version,
                 &cfg,
                 &ctx.control,
                 &late_counter,
             );
             let report_counts = std::mem::replace(&mut counts, vec![0; n]);
+            // Check the gate before the probe pass: a dropped report must not cost a forward
+            // pass either. Deterministic runs never drop a report.
             let deterministic = cfg.runtime.deterministic;
-            let admit = |gate: &ReportGate| {
-                if deterministic {
-                    gate.acquire();
-                    true
-                } else {
-                    gate.try_acquire()
-                }
-            };
-            match (&probe_sets, &ctx.reward) {
-                (Some(sets), Some((reward, gate))) => {
-                    // Check the gate before the probe pass: a dropped report must not cost a
-                    // forward pass either.
-                    if admit(gate) {
+            match (&probe_sets, &ctx.mixing.reward) {
+                (Some(sets), Some(reward)) => {
+                    let slot = if deterministic {
+                        Some(reward.reserve())
+                    } else {
+                        reward.try_reserve()
+                    };
+                    if let Some(slot) = slot {
                         target_version += 1;
                         let report =
                             probe_report(&trainer, sets, update_need, step, false, report_counts);
@@ -722,24 +708,24 @@ pub fn run_with_learner<L: Learner>(
                                 seconds: report.seconds,
                             })
                             .map_err(|e| TrainerError::Io(e.to_string()))?;
-                        if reward.cast(RewardMsg::Probe(report)).is_err() {
-                            gate.done();
-                        }
+                        let _ = slot.send(RewardMsg::Probe(report));
                     }
                 }
                 _ => {
-                    let (sched, gate) = &ctx.scheduler;
-                    if admit(gate) {
+                    let sched = &ctx.mixing.scheduler;
+                    let tick = SchedulerMsg::Tick {
+                        step,
+                        counts: report_counts,
+                    };
+                    let sent = if deterministic {
+                        sched.send(tick)
+                    } else {
+                        sched.try_send(tick)
+                    };
+                    // An admitted tick counts even if the scheduler has stopped: the run is then
+                    // stopping, and the version it waits for is the one it asked for.
+                    if sent != Err(SendError::Full) {
                         target_version += 1;
-                        if sched
-                            .cast(SchedulerMsg::Tick {
-                                step,
-                                counts: report_counts,
-                            })
-                            .is_err()
-                        {
-                            gate.done();
-                        }
                     }
                 }
             }
@@ -1056,30 +1042,15 @@ fn write_checkpoint<L: Learner>(
     // The actors' part first: the request travels behind every report already sent, so the
     // state it captures matches the trainer's state at this step.
     let (tx, rx) = crossbeam_channel::bounded::<SnapshotReply>(1);
-    let sent = match &ctx.reward {
-        Some((reward, gate)) => {
-            gate.acquire();
-            let r = reward.cast(RewardMsg::Snapshot(tx));
-            if r.is_err() {
-                gate.done();
-            }
-            r.is_ok()
-        }
-        None => {
-            let (sched, gate) = &ctx.scheduler;
-            gate.acquire();
-            let r = sched.cast(SchedulerMsg::Snapshot {
-                estimator: None,
-                initial_ppl: None,
-                reply: tx,
-            });
-            if r.is_err() {
-                gate.done();
-            }
-            r.is_ok()
-        }
+    let sent = match &ctx.mixing.reward {
+        Some(reward) => reward.send(RewardMsg::Snapshot(tx)),
+        None => ctx.mixing.scheduler.send(SchedulerMsg::Snapshot {
+            estimator: None,
+            initial_ppl: None,
+            reply: tx,
+        }),
     };
-    if !sent {
+    if sent.is_err() {
         return Err(TrainerError::Checkpoint(
             "the scheduler is not running; its state cannot be saved".into(),
         ));

@@ -2,7 +2,7 @@
 //! full for the trainer.
 //!
 //! The actor itself only supervises: in `pre_start` it spawns a dedicated OS thread that encodes
-//! the dataset's stream in order (`n = start_at, start_at + 1, ...`, exactly [`example_at`](super::example_at)) and
+//! the dataset's stream in order (`n = start_at, start_at + 1, ...`, exactly [`example_at`](crate::data::example_at)) and
 //! blocks on the bounded channel with `send_timeout`, polling a stop flag. So no blocking send ever
 //! runs on a tokio worker, and the thread exits within one poll interval of the actor stopping or
 //! the receiver being dropped. A panic on the thread becomes `LoaderMsg::Fail`, whose handler
@@ -22,9 +22,8 @@ use std::time::Duration;
 use crossbeam_channel::{SendTimeoutError, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::dataset::{Example, ExampleStream};
-use super::{Dataset, Tokenizer};
 use crate::config::ChatTemplate;
+use crate::data::{Dataset, Example, ExampleStream, Tokenizer};
 use crate::telemetry;
 
 /// How long the producer thread blocks on a full queue before re-checking the stop flag; bounds

@@ -9,86 +9,17 @@
 //! the trainer never waits for a reply from this actor.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
+use super::gate::Gated;
 use crate::config::RewardKind;
-use crate::mixture::MosScheduler;
+use crate::mixture::{
+    reward_label, MixtureBoard, MixtureLogLine, MosScheduler, StartRecord, UpdateRecord,
+};
 use crate::runlog::JsonlWriter;
 use crate::telemetry;
-
-/// One published mixture: the weights the trainer samples from until the next publish.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MixtureSnapshot {
-    /// Increments by one at every publish; 0 is the prior published at start-up.
-    pub version: u64,
-    /// Training step whose report produced this mixture (0 for the prior).
-    pub step: u64,
-    /// Dataset names, in config order.
-    pub names: Arc<[String]>,
-    /// Sampling probabilities, in config order; they sum to 1.
-    pub weights: Vec<f64>,
-}
-
-/// The publish point of the mixture: lock-free reads for the trainer, change notification for
-/// subscribers (embedding hosts, tests).
-#[derive(Debug, Clone)]
-pub struct MixtureBoard {
-    current: Arc<ArcSwap<MixtureSnapshot>>,
-    tx: Arc<watch::Sender<Arc<MixtureSnapshot>>>,
-}
-
-impl MixtureBoard {
-    /// A board holding `initial`.
-    pub fn new(initial: MixtureSnapshot) -> Self {
-        let initial = Arc::new(initial);
-        let (tx, _rx) = watch::channel(initial.clone());
-        Self {
-            current: Arc::new(ArcSwap::new(initial)),
-            tx: Arc::new(tx),
-        }
-    }
-
-    /// The latest snapshot; wait-free, safe to call from the training loop.
-    pub fn load(&self) -> Arc<MixtureSnapshot> {
-        self.current.load_full()
-    }
-
-    /// A receiver that sees every later publish (intermediate ones may be skipped if the receiver
-    /// is slow; the latest is never lost).
-    pub fn subscribe(&self) -> watch::Receiver<Arc<MixtureSnapshot>> {
-        self.tx.subscribe()
-    }
-
-    /// Publishes new weights as the next version and exports them as metrics.
-    pub fn publish(&self, step: u64, weights: Vec<f64>) -> Arc<MixtureSnapshot> {
-        let prev = self.load();
-        let snap = Arc::new(MixtureSnapshot {
-            version: prev.version + 1,
-            step,
-            names: prev.names.clone(),
-            weights,
-        });
-        self.current.store(snap.clone());
-        export_weights(&snap);
-        // A send error only means nobody subscribes; the ArcSwap is the source of truth.
-        let _ = self.tx.send(snap.clone());
-        snap
-    }
-}
-
-/// Sets `mos_mixture_weight{dataset}` and `mos_mixture_version` from a snapshot.
-pub fn export_weights(snap: &MixtureSnapshot) {
-    for (name, w) in snap.names.iter().zip(&snap.weights) {
-        metrics::gauge!(telemetry::MIXTURE_WEIGHT, "dataset" => name.clone()).set(*w);
-    }
-    metrics::gauge!(telemetry::MIXTURE_VERSION).set(snap.version as f64);
-}
 
 /// What the scheduler does at each update.
 #[derive(Debug)]
@@ -98,56 +29,6 @@ pub enum Strategy {
     Static(Vec<f64>),
     /// The learned MoS mixture.
     Mos(Box<MosScheduler>),
-}
-
-/// One mixture-log line (`mixture.jsonl`), the record `replay` re-runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UpdateRecord {
-    /// Training step of the probe/report that triggered the update.
-    pub step: u64,
-    /// Version of the mixture published by this update.
-    pub version: u64,
-    /// Mixture before the update.
-    pub before: Vec<f64>,
-    /// Mixture after the update.
-    pub after: Vec<f64>,
-    /// Reward family (absent for static strategies).
-    pub reward: Option<RewardKind>,
-    /// Raw rewards per dataset (empty for static strategies).
-    pub raw: Vec<f64>,
-    /// Smoothed rewards per dataset: what the scorer update used.
-    pub smoothed: Vec<f64>,
-    /// Examples drawn per dataset since the previous update.
-    pub counts: Vec<u64>,
-    /// Dataset names, in order.
-    pub names: Vec<String>,
-}
-
-/// The first line of `mixture.jsonl`: everything `replay` needs to rebuild the scheduler.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StartRecord {
-    /// Dataset names, in order.
-    pub names: Vec<String>,
-    /// Training-split sizes (records), the input of the prior.
-    pub sizes: Vec<u64>,
-    /// The scheduler settings of the run.
-    pub scheduler: crate::config::SchedulerConfig,
-    /// MoSpec target index.
-    pub target: Option<usize>,
-    /// Seed of the scheduler's own RNG stream.
-    pub seed: u64,
-    /// The mixture published at start-up.
-    pub prior: Vec<f64>,
-}
-
-/// One line of `mixture.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum MixtureLogLine {
-    /// Written once when the scheduler starts.
-    Start(StartRecord),
-    /// Written at every update.
-    Update(UpdateRecord),
 }
 
 /// Messages of the scheduler actor.
@@ -184,6 +65,9 @@ pub enum SchedulerMsg {
         /// Where the captured state goes.
         reply: crossbeam_channel::Sender<SnapshotReply>,
     },
+    /// Answered once every message sent before it has been handled (and its update logged):
+    /// what an orderly shutdown waits for before it stops the actor.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The scheduler-side part of a checkpoint.
@@ -196,6 +80,7 @@ pub struct SnapshotReply {
 }
 
 /// Start-up arguments of the scheduler actor.
+#[derive(Debug)]
 pub struct SchedulerArgs {
     /// The strategy and its state.
     pub strategy: Strategy,
@@ -207,25 +92,26 @@ pub struct SchedulerArgs {
     pub reward: RewardKind,
     /// Artificial delay per update (tests and benchmarks of the no-stall invariant).
     pub debug_delay: Duration,
-    /// Counts reports in flight towards this actor (bounded-mailbox emulation).
-    pub gate: Arc<crate::trainer::ReportGate>,
     /// Written as the first line of the log (not on resume: the log already has it).
     pub start: StartRecord,
     /// True when the run resumes from a checkpoint.
     pub resume: bool,
 }
 
-/// The scheduler actor.
+/// The scheduler actor. Its mailbox takes [`Gated`] messages: send through a
+/// [`GatedSender`](super::GatedSender).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SchedulerActor;
 
 /// Its state.
+#[derive(Debug)]
 pub struct SchedulerState {
     args: SchedulerArgs,
     log: JsonlWriter,
 }
 
 impl Actor for SchedulerActor {
-    type Msg = SchedulerMsg;
+    type Msg = Gated<SchedulerMsg>;
     type State = SchedulerState;
     type Arguments = SchedulerArgs;
 
@@ -244,13 +130,17 @@ impl Actor for SchedulerActor {
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
-        msg: SchedulerMsg,
+        msg: Gated<SchedulerMsg>,
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
         let SchedulerState { args, log } = state;
-        args.gate.done();
-        let msg = match msg {
+        let msg = match msg.open() {
+            SchedulerMsg::Flush(reply) => {
+                // The requester may have given up waiting; nothing to do then.
+                let _ = reply.send(());
+                return Ok(());
+            }
             SchedulerMsg::Snapshot {
                 estimator,
                 initial_ppl,
@@ -312,7 +202,7 @@ impl Actor for SchedulerActor {
                 (step, vec![], vec![], counts, w.clone(), None)
             }
             // Answered before the delay above; nothing to publish.
-            (SchedulerMsg::Snapshot { .. }, _) => return Ok(()),
+            (SchedulerMsg::Snapshot { .. } | SchedulerMsg::Flush(_), _) => return Ok(()),
         };
         if let Some(kind) = reward {
             let label = reward_label(kind);
@@ -340,13 +230,5 @@ impl Actor for SchedulerActor {
         metrics::histogram!(telemetry::SCHEDULER_UPDATE_DURATION)
             .record(started.elapsed().as_secs_f64());
         Ok(())
-    }
-}
-
-/// The `reward` label value of a reward family.
-pub fn reward_label(kind: RewardKind) -> &'static str {
-    match kind {
-        RewardKind::Cossim => "cossim",
-        RewardKind::Diff => "diff",
     }
 }

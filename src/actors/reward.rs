@@ -5,14 +5,12 @@
 //! rewards to the scheduler actor. It never touches tensors: the trainer already reduced the probe
 //! pass to per-example NLLs and pooled embeddings.
 
-use std::sync::Arc;
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::gate::{Gated, GatedSender};
+use super::scheduler::{SchedulerMsg, SnapshotReply};
 use crate::config::RewardKind;
 use crate::mixture::{mean_embedding, MosScheduler, ProbeInput};
-use crate::scheduler::SchedulerMsg;
-use crate::trainer::ReportGate;
 
 /// Probe statistics of one probe pass.
 #[derive(Debug, Clone)]
@@ -38,30 +36,34 @@ pub enum RewardMsg {
     Probe(ProbeReport),
     /// Capture state for a checkpoint: this actor adds its EMA and theta_0 perplexities and
     /// forwards the request to the scheduler, behind the rewards it already sent.
-    Snapshot(crossbeam_channel::Sender<crate::scheduler::SnapshotReply>),
+    Snapshot(crossbeam_channel::Sender<SnapshotReply>),
+    /// Answered by the scheduler once every message sent before it (and the rewards they
+    /// produced) has been handled: an orderly shutdown waits for it.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Start-up arguments.
+#[derive(Debug)]
 pub struct RewardArgs {
     /// Holds the reward settings and the EMA state (its scorer half is unused here).
     pub estimator: Box<MosScheduler>,
     /// Reward family.
     pub reward: RewardKind,
-    /// Where rewards go.
-    pub scheduler: ActorRef<SchedulerMsg>,
-    /// Gate of this actor's own mailbox (released per message).
-    pub gate: Arc<ReportGate>,
-    /// Gate of the scheduler's mailbox.
-    pub scheduler_gate: Arc<ReportGate>,
+    /// Where rewards go. Every forward is admitted whatever the number in flight: a reward
+    /// the trainer's report already paid for must not be lost.
+    pub scheduler: GatedSender<SchedulerMsg>,
     /// theta_0 perplexities restored from a checkpoint (None on a fresh run: the trainer's
     /// first report provides them).
     pub initial_ppl: Option<Vec<Vec<f64>>>,
 }
 
-/// The reward actor.
+/// The reward actor. Its mailbox takes [`Gated`] messages: send through a
+/// [`GatedSender`].
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RewardActor;
 
 /// Its state.
+#[derive(Debug)]
 pub struct RewardState {
     args: RewardArgs,
     /// exp(NLL) of every probe example under theta_0.
@@ -69,7 +71,7 @@ pub struct RewardState {
 }
 
 impl Actor for RewardActor {
-    type Msg = RewardMsg;
+    type Msg = Gated<RewardMsg>;
     type State = RewardState;
     type Arguments = RewardArgs;
 
@@ -85,22 +87,23 @@ impl Actor for RewardActor {
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
-        msg: RewardMsg,
+        msg: Gated<RewardMsg>,
         state: &mut RewardState,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.gate.done();
-        let report = match msg {
+        // A forward that fails means the scheduler has stopped; its supervisor already knows,
+        // and the run is stopping.
+        let report = match msg.open() {
             RewardMsg::Probe(report) => report,
             RewardMsg::Snapshot(reply) => {
-                state.args.scheduler_gate.acquire();
-                let sent = state.args.scheduler.cast(SchedulerMsg::Snapshot {
+                let _ = state.args.scheduler.send(SchedulerMsg::Snapshot {
                     estimator: Some(state.args.estimator.clone()),
                     initial_ppl: state.initial_ppl.clone(),
                     reply,
                 });
-                if sent.is_err() {
-                    state.args.scheduler_gate.done();
-                }
+                return Ok(());
+            }
+            RewardMsg::Flush(reply) => {
+                let _ = state.args.scheduler.send(SchedulerMsg::Flush(reply));
                 return Ok(());
             }
         };
@@ -147,31 +150,19 @@ impl Actor for RewardActor {
                 tracing::warn!(step = report.step, error = %e, "probe report rejected: mixture kept");
                 metrics::counter!(crate::telemetry::REPORTS_DROPPED).increment(1);
                 // A tick keeps the one-report-one-publish rule that deterministic runs rely on.
-                state.args.scheduler_gate.acquire();
-                if state
-                    .args
-                    .scheduler
-                    .cast(SchedulerMsg::Tick {
-                        step: report.step,
-                        counts: report.counts,
-                    })
-                    .is_err()
-                {
-                    state.args.scheduler_gate.done();
-                }
+                let _ = state.args.scheduler.send(SchedulerMsg::Tick {
+                    step: report.step,
+                    counts: report.counts,
+                });
                 return Ok(());
             }
         };
-        state.args.scheduler_gate.acquire();
-        let sent = state.args.scheduler.cast(SchedulerMsg::Rewards {
+        let _ = state.args.scheduler.send(SchedulerMsg::Rewards {
             step: report.step,
             raw: outcome.raw,
             smoothed: outcome.smoothed,
             counts: report.counts,
         });
-        if sent.is_err() {
-            state.args.scheduler_gate.done();
-        }
         Ok(())
     }
 }
