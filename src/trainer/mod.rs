@@ -11,13 +11,21 @@
 //! logging (reports go through a [`GatedSender`](crate::actors::GatedSender), which drops and counts instead of queueing without
 //! bound); burn code runs only on this thread.
 
+mod batcher;
+mod checkpointing;
+mod error;
+mod evaluation;
+mod factory;
 mod learner;
+mod link;
 mod r#loop;
+mod progress;
+mod sets;
 mod unigram;
 
+pub use error::TrainerError;
+pub use evaluation::ExactMatch;
+pub use factory::{llama_config, run_training, run_training_fused, train_hyper};
 pub use learner::Learner;
-pub use r#loop::{
-    llama_config, run_training, run_training_fused, run_with_learner, train_hyper, ExactMatch,
-    Resume, RunSummary, TrainerCtx, TrainerError,
-};
+pub use r#loop::{run_with_learner, Resume, RunSummary, TrainerCtx};
 pub use unigram::UnigramLearner;
