@@ -222,6 +222,8 @@ fn peak(n: usize, rounds: usize) -> (f64, f64) {
         flop / s / 1e9
     };
     let mut gemm_side = || {
+        // SAFETY: `av`, `bv` and `cv` are live n x n buffers, and the strides below describe
+        // exactly that layout.
         let (_, s) = time(|| unsafe {
             // Row-major n x n operands: column stride 1, row stride n.
             gemm::gemm(

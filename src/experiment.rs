@@ -379,16 +379,10 @@ pub fn collect(run: &PlannedRun) -> Result<RunResult, ExperimentError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExperimentError> {
-    let io = |source| ExperimentError::Io {
+    crate::fsio::write_atomic(path, bytes).map_err(|source| ExperimentError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 /// A cell's name with the mean and standard deviation of one quantity over its seeds.

@@ -16,6 +16,7 @@ pub mod control;
 pub mod data;
 pub mod experiment;
 pub mod faults;
+pub mod fsio;
 pub mod mixture;
 pub mod model;
 pub mod replay;

@@ -104,13 +104,28 @@ fn input_error(e: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// The error and its causes on one line. The library's errors keep their causes as `source`
+/// and most also quote them in their own message, so a cause whose text is already in the line
+/// is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            eprintln!("error: {}", report(&f.error));
             ExitCode::from(f.code)
         }
     }

@@ -25,13 +25,13 @@ use crate::data::{load_dataset, DataError, Dataset, Tokenizer};
 use crate::mixture::{q_tau, static_mixture, MixtureError, MixtureSnapshot, MosScheduler};
 use crate::seed::stream_seed;
 use crate::trainer::{
-    run_training, run_with_learner, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
+    run_training, run_with_learner, BoxError, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
 };
 
 /// Builds a host-supplied [`Learner`] on the trainer thread, from the config and the tokenizer
 /// (whose vocabulary the token ids come from). An error message stops the start-up.
 pub type LearnerFactory =
-    Box<dyn FnOnce(&Config, &Tokenizer) -> Result<Box<dyn Learner>, String> + Send>;
+    Box<dyn FnOnce(&Config, &Tokenizer) -> Result<Box<dyn Learner>, BoxError> + Send>;
 
 /// Everything that can stop the runtime from starting or finishing.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +56,15 @@ pub enum RuntimeError {
     /// The configured backend is not available in this build.
     #[error("runtime.backend = \"{0}\" needs a build with `--features {0}`")]
     BackendUnavailable(Backend),
-    /// An actor could not be spawned.
+    /// An actor, the trainer thread or a blocking start-up task could not be started.
     #[error("actor start-up failed: {0}")]
-    Spawn(String),
+    Spawn(#[source] BoxError),
     /// The trainer failed.
     #[error("trainer: {0}")]
     Trainer(#[from] TrainerError),
-    /// An actor failed during the run.
+    /// An actor failed during the run. The supervisor records the failure's message (the
+    /// actor's own error stays with ractor's supervision event, which the supervisor cannot
+    /// move out of).
     #[error("actor failure: {0}")]
     Actor(String),
     /// `--fresh` over an output directory that already holds a run.
@@ -84,7 +86,7 @@ pub enum RuntimeError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     /// `model.pretrained` could not be read.
     #[error("model.pretrained: {0}")]
-    Pretrained(String),
+    Pretrained(#[source] crate::model::LoadError),
 }
 
 /// How [`Runtime::start_with`] treats an output directory that already holds a run.
@@ -105,7 +107,7 @@ pub struct StartOptions {
 
 /// Datasets, tokenizer and prior of a config: what `check` prints and `start` runs on. Cloning is
 /// cheap (shared pointers).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Prepared {
     /// The validated config.
     pub cfg: Arc<Config>,
@@ -141,7 +143,7 @@ pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
     };
     let model = match &cfg.model.pretrained {
         Some(path) => crate::model::pretrained_config(path, cfg.training.seq_len)
-            .map_err(|e| RuntimeError::Pretrained(e.to_string()))?,
+            .map_err(RuntimeError::Pretrained)?,
         None => crate::trainer::llama_config(&cfg, &tokenizer),
     };
     Ok(Prepared {
@@ -155,6 +157,7 @@ pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
 }
 
 /// The entry point of the embedding API.
+#[derive(Debug)]
 pub struct Runtime;
 
 impl Runtime {
@@ -172,7 +175,7 @@ impl Runtime {
     ) -> Result<RuntimeHandle, RuntimeError> {
         let prepared = tokio::task::spawn_blocking(move || prepare(cfg))
             .await
-            .map_err(|e| RuntimeError::Spawn(e.to_string()))??;
+            .map_err(|e| RuntimeError::Spawn(e.into()))??;
         Self::start_prepared_with(prepared, opts).await
     }
 
@@ -200,7 +203,7 @@ impl Runtime {
     ) -> Result<RuntimeHandle, RuntimeError> {
         let prepared = tokio::task::spawn_blocking(move || prepare(cfg))
             .await
-            .map_err(|e| RuntimeError::Spawn(e.to_string()))??;
+            .map_err(|e| RuntimeError::Spawn(e.into()))??;
         Self::start_inner(prepared, opts, Some(factory)).await
     }
 
@@ -220,7 +223,7 @@ impl Runtime {
             let opts2 = opts.clone();
             tokio::task::spawn_blocking(move || find_resume(&p2, &opts2))
                 .await
-                .map_err(|e| RuntimeError::Spawn(e.to_string()))??
+                .map_err(|e| RuntimeError::Spawn(e.into()))??
         };
         let resolved = toml::to_string_pretty(&*cfg).unwrap_or_default();
         std::fs::write(out.join("config.resolved.toml"), resolved).map_err(|e| {
@@ -310,9 +313,9 @@ impl Runtime {
             },
         )
         .await
-        .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+        .map_err(|e| RuntimeError::Spawn(e.into()))?;
         let mixing: Mixing = ractor::call!(supervisor, SupervisorMsg::Children)
-            .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+            .map_err(|e| RuntimeError::Spawn(e.into()))?;
 
         let ctx = TrainerCtx {
             cfg: cfg.clone(),
@@ -332,12 +335,12 @@ impl Runtime {
             .name("mos-trainer".to_string())
             .spawn(move || match factory {
                 Some(f) => {
-                    let learner = f(&ctx.cfg, &ctx.tokenizer).map_err(TrainerError::Model)?;
+                    let learner = f(&ctx.cfg, &ctx.tokenizer).map_err(TrainerError::Learner)?;
                     run_with_learner(ctx, learner)
                 }
                 None => run_on_backend(ctx, backend, device_index),
             })
-            .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+            .map_err(|e| RuntimeError::Spawn(e.into()))?;
         Ok(RuntimeHandle {
             mixing,
             control,
@@ -367,9 +370,7 @@ fn run_on_backend(
             burn::backend::cuda::CudaDevice::new(device_index),
         ),
         #[cfg(not(feature = "cuda"))]
-        Backend::Cuda => Err(TrainerError::Model(
-            "this build has no cuda backend (build with --features cuda)".into(),
-        )),
+        Backend::Cuda => Err(TrainerError::NoCuda),
     }
 }
 
@@ -377,6 +378,7 @@ fn run_on_backend(
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running runtime.
+#[derive(Debug)]
 pub struct RuntimeHandle {
     mixing: Mixing,
     control: Arc<Control>,
@@ -434,13 +436,11 @@ impl RuntimeHandle {
     pub async fn wait(mut self) -> Result<RunSummary, RuntimeError> {
         let trainer = self.trainer.take();
         let result = tokio::task::spawn_blocking(move || match trainer {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(TrainerError::Model("trainer thread panicked".into()))),
-            None => Err(TrainerError::Model("already waited".into())),
+            Some(t) => t.join().unwrap_or_else(|_| Err(TrainerError::Panicked)),
+            None => Err(TrainerError::AlreadyWaited),
         })
         .await
-        .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+        .map_err(|e| RuntimeError::Spawn(e.into()))?;
         // Ordered drain: the scheduler handles what is already queued (the last update's log
         // line) before anything stops. The bound only matters when an actor has failed.
         if !self.mixing.flush(DRAIN_TIMEOUT).await {
@@ -510,6 +510,7 @@ fn preflight_output_dir(out: &Path, p: &Prepared) -> Result<(), RuntimeError> {
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs struct.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };

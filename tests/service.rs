@@ -306,8 +306,7 @@ fn the_service_refuses_to_start_without_a_token() {
                 let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
                 service::serve_with_env(&cfg, listener, &[]).await
             })
-            .err()
-            .expect("started without a token");
+            .expect_err("started without a token");
         let msg = err.to_string();
         assert!(msg.contains("no bearer token"), "{msg}");
         assert_eq!(

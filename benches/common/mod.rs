@@ -17,7 +17,7 @@ use ractor::{Actor, ActorRef};
 
 /// One started loader actor per prepared dataset, each filling its own bounded queue of
 /// `data.prefetch` examples (as the runtime wires them), with the receivers in dataset order.
-pub async fn spawn_loaders(
+pub(crate) async fn spawn_loaders(
     prepared: &Prepared,
 ) -> (
     Vec<crossbeam_channel::Receiver<Example>>,
@@ -55,12 +55,12 @@ pub async fn spawn_loaders(
 }
 
 /// True when `BENCH_QUICK=1`: every driver shrinks its sizes to a smoke run of seconds.
-pub fn quick() -> bool {
+pub(crate) fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// An unsigned setting from the environment (`name`), or `default` when unset or unparsable.
-pub fn env_usize(name: &str, default: usize) -> usize {
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -68,14 +68,14 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// Seconds taken by `f`.
-pub fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+pub(crate) fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let t0 = Instant::now();
     let out = f();
     (out, t0.elapsed().as_secs_f64())
 }
 
 /// Median of `xs` (NaN when empty).
-pub fn median(xs: &[f64]) -> f64 {
+pub(crate) fn median(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
@@ -90,7 +90,7 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// Percentile `p` in [0, 100] of `xs` by nearest rank (NaN when empty).
-pub fn percentile(xs: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(xs: &[f64], p: f64) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
@@ -101,14 +101,14 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 /// Mean of `xs` (NaN when empty).
-pub fn mean(xs: &[f64]) -> f64 {
+pub(crate) fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
 /// Runs `rounds` rounds of every side in turn (A B C, A B C, ...) and returns each side's
 /// measurements. Alternating makes a drift of the machine (another process, thermal state)
 /// hit all sides alike instead of biasing whichever ran last.
-pub fn alternate<S, F>(rounds: usize, sides: &mut [S], mut measure: F) -> Vec<Vec<f64>>
+pub(crate) fn alternate<S, F>(rounds: usize, sides: &mut [S], mut measure: F) -> Vec<Vec<f64>>
 where
     F: FnMut(&mut S, usize) -> f64,
 {
@@ -123,7 +123,7 @@ where
 
 /// Resident set size of this process in bytes, from `VmRSS` in /proc/self/status (0 where
 /// the file does not exist).
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -134,7 +134,7 @@ pub fn rss_bytes() -> u64 {
 
 /// Number of threads the compute pools use (rayon's global pool, which burn-flex and gemm
 /// share).
-pub fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     rayon_threads()
 }
 
@@ -147,7 +147,7 @@ fn rayon_threads() -> usize {
 }
 
 /// "met" / "MISSED" for a target that wants `value >= target`.
-pub fn verdict_at_least(value: f64, target: f64) -> &'static str {
+pub(crate) fn verdict_at_least(value: f64, target: f64) -> &'static str {
     if value >= target {
         "met"
     } else {
@@ -156,7 +156,7 @@ pub fn verdict_at_least(value: f64, target: f64) -> &'static str {
 }
 
 /// "met" / "MISSED" for a target that wants `value <= target`.
-pub fn verdict_at_most(value: f64, target: f64) -> &'static str {
+pub(crate) fn verdict_at_most(value: f64, target: f64) -> &'static str {
     if value <= target {
         "met"
     } else {
@@ -165,7 +165,7 @@ pub fn verdict_at_most(value: f64, target: f64) -> &'static str {
 }
 
 /// A Markdown table printed to stdout.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
     for r in rows {
@@ -175,6 +175,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// A progress line on stderr (the script keeps stdout for the Markdown).
-pub fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }

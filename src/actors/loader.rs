@@ -35,6 +35,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct LoaderActor;
 
 /// Everything a loader needs; built by the supervisor.
+#[derive(Debug)]
 pub struct LoaderArgs {
     /// Index of the dataset in the config (part of the shuffle seed, and `Example::dataset`).
     pub dataset_index: usize,
@@ -90,6 +91,7 @@ struct Progress {
 }
 
 /// The actor's state: the producer thread and its stop flag.
+#[derive(Debug)]
 pub struct LoaderState {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

@@ -17,7 +17,7 @@ use super::{write_atomic, Llama, ModelError};
 
 /// The tokenizer files of an export: the Hugging Face tokenizer (none for the built-in byte
 /// tokenizer, which has no `tokenizer.json` form) and the BOS/EOS ids for `config.json`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct ExportTokenizer<'a> {
     /// Saved as `tokenizer.json` when present.
     pub hf: Option<&'a tokenizers::Tokenizer>,

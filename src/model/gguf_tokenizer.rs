@@ -29,7 +29,7 @@ const TOKEN_USER_DEFINED: i64 = 4;
 /// digits, then byte level without a prefix space, as SmolLM2's `tokenizer.json`) or
 /// `gpt2`/`default` (byte level only). Other pre-tokenizers use regexes we do not reproduce, so
 /// they are refused rather than silently tokenized differently.
-pub fn build(g: &GgufFile) -> Result<tokenizers::Tokenizer, LoadError> {
+pub(super) fn build(g: &GgufFile) -> Result<tokenizers::Tokenizer, LoadError> {
     let err = |message: String| LoadError::Tokenizer {
         path: g.path().to_path_buf(),
         message,

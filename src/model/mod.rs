@@ -102,36 +102,12 @@ pub enum ModelError {
     },
 }
 
-/// Writes `bytes` to `path` atomically: a sibling temp file is written, fsynced and renamed
-/// over `path`, so a crash leaves either the old file or the new one, never a partial file.
+/// [`crate::fsio::write_atomic`] with the error naming the file.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), ModelError> {
-    use std::io::Write;
-    let io_err = |source| ModelError::Io {
+    crate::fsio::write_atomic(path, bytes).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(io_err)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.unwrap_or_else(|| "model".into()),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: never leave the temp file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
+    })
 }
 
 /// Reads a whole file; the error names it.

@@ -114,6 +114,17 @@ pub struct Trainer<B: AutodiffBackend> {
     poison_next: bool,
 }
 
+// By hand: the model and the optimiser state are tensors; the step and the settings are what a
+// reader of a Debug line wants.
+impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("hyper", &self.hyper)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Small side file of [`Trainer::save_state`].
 #[derive(Serialize, Deserialize)]
 struct TrainerStateFile {

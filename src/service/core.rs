@@ -73,12 +73,14 @@ impl ApiError {
 }
 
 /// What exists once datasets are registered.
+#[derive(Debug)]
 struct Registered {
     start: StartRecord,
     board: MixtureBoard,
 }
 
 /// The mutable half, behind the mutex.
+#[derive(Debug)]
 struct Inner {
     mos: Option<MosScheduler>,
     history: Vec<UpdateRecord>,
@@ -87,6 +89,7 @@ struct Inner {
 
 /// The scheduler service's state: the settings it was started with, the registration (set once)
 /// and the scheduler with its history. Shared between request handlers as `Arc<ServiceCore>`.
+#[derive(Debug)]
 pub struct ServiceCore {
     settings: SchedulerConfig,
     seed: u64,

@@ -142,6 +142,7 @@ pub async fn serve_with_env(
 }
 
 /// A running service. Dropping it stops the server (in-flight requests finish first).
+#[derive(Debug)]
 pub struct ServiceHandle {
     addr: SocketAddr,
     core: Arc<ServiceCore>,

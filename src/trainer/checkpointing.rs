@@ -70,18 +70,22 @@ fn write<L: Learner>(
     let cfg = &ctx.cfg;
     // The actors' part first: it describes the same step as the trainer's.
     let actors = parts.link.snapshot()?;
-    let io = |e: &dyn std::fmt::Display| TrainerError::Checkpoint(e.to_string());
-    let writer =
-        checkpoint::Writer::begin(&cfg.runtime.output_dir, parts.step).map_err(|e| io(&e))?;
-    learner.save_state(writer.dir()).map_err(|e| io(&e))?;
+    let writer = checkpoint::Writer::begin(&cfg.runtime.output_dir, parts.step)
+        .map_err(TrainerError::checkpoint)?;
+    learner
+        .save_state(writer.dir())
+        .map_err(TrainerError::checkpoint)?;
     if cfg.runtime.export_hf_checkpoints
         && !learner
             .export_hf(&ctx.tokenizer, &writer.dir().join("hf"))
-            .map_err(|e| io(&e))?
+            .map_err(TrainerError::checkpoint)?
     {
         tracing::warn!("runtime.export_hf_checkpoints is set but this learner cannot export");
     }
-    let (run_len, samples_len) = parts.progress.log_lengths().map_err(|e| io(&e))?;
+    let (run_len, samples_len) = parts
+        .progress
+        .log_lengths()
+        .map_err(TrainerError::checkpoint)?;
     let b = parts.batcher;
     let first_loss = parts.progress.first_loss;
     let run = RunState {
@@ -105,15 +109,15 @@ fn write<L: Learner>(
     };
     writer
         .write_json(checkpoint::RUN_STATE, &run)
-        .map_err(|e| io(&e))?;
+        .map_err(TrainerError::checkpoint)?;
     writer
         .write_json(checkpoint::ACTOR_STATE, &actors.state)
-        .map_err(|e| io(&e))?;
-    let resolved = toml::to_string_pretty(&**cfg).map_err(|e| io(&e))?;
+        .map_err(TrainerError::checkpoint)?;
+    let resolved = toml::to_string_pretty(&**cfg).map_err(TrainerError::checkpoint)?;
     writer
         .write_bytes(checkpoint::CONFIG, resolved.as_bytes())
-        .map_err(|e| io(&e))?;
+        .map_err(TrainerError::checkpoint)?;
     writer
         .commit(cfg.runtime.keep_checkpoints)
-        .map_err(|e| io(&e))
+        .map_err(TrainerError::checkpoint)
 }

@@ -1,4 +1,11 @@
-//! Why the trainer stopped.
+//! Why the trainer stopped. Every variant that wraps another error keeps it as its `source`,
+//! so a host (or the binary's error report) can walk the chain down to the I/O error.
+
+use crate::model::ModelError;
+use crate::runlog::LogError;
+
+/// A boxed error from outside the crate (a host's learner factory, a checkpoint step).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why the trainer stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -6,15 +13,33 @@ pub enum TrainerError {
     /// A loader's queue closed: its actor died and nothing restarted it.
     #[error("the loader of dataset `{0}` stopped delivering examples")]
     LoaderGone(String),
-    /// Writing a log or the model failed.
+    /// Writing `run.jsonl` or `samples.jsonl` failed.
     #[error("{0}")]
-    Io(String),
-    /// The model could not be built or saved.
+    Log(#[source] LogError),
+    /// The model could not be built, saved or exported.
     #[error("model: {0}")]
-    Model(String),
-    /// A checkpoint could not be loaded.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
+    Model(#[source] ModelError),
+    /// A host's [`LearnerFactory`](crate::runtime::LearnerFactory) failed.
+    #[error("model: {0}")]
+    Learner(#[source] BoxError),
+    /// The trainer thread panicked.
+    #[error("model: trainer thread panicked")]
+    Panicked,
+    /// [`RuntimeHandle::wait`](crate::runtime::RuntimeHandle::wait) was called twice.
+    #[error("model: already waited")]
+    AlreadyWaited,
+    /// `runtime.backend = "cuda"` in a build without the `cuda` feature.
+    #[error("model: this build has no cuda backend (build with --features cuda)")]
+    NoCuda,
+    /// A checkpoint could not be written, or the one to resume from could not be loaded.
+    #[error("checkpoint: {message}")]
+    Checkpoint {
+        /// What failed, with the cause's own message.
+        message: String,
+        /// The cause, when there is one beyond the message.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Too many non-finite losses in a row, and `training.on_nonfinite = "stop"` (or no
     /// rollback is possible).
     #[error(
@@ -38,4 +63,30 @@ pub enum TrainerError {
     /// Every dataset's loader was dropped.
     #[error("no dataset is left to train on: every loader failed and was dropped")]
     NoLiveDataset,
+}
+
+impl TrainerError {
+    /// A checkpoint failure caused by `source`.
+    pub(crate) fn checkpoint(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Checkpoint {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A checkpoint failure with no underlying error (a missing or silent actor).
+    pub(crate) fn checkpoint_msg(message: impl Into<String>) -> Self {
+        Self::Checkpoint {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Loading the checkpoint at `dir` failed.
+    pub(crate) fn resume(dir: &std::path::Path, source: ModelError) -> Self {
+        Self::Checkpoint {
+            message: format!("{}: {source}", dir.display()),
+            source: Some(Box::new(source)),
+        }
+    }
 }

@@ -34,7 +34,7 @@ fn initial_model<B: burn::tensor::backend::Backend>(
     match &cfg.model.pretrained {
         Some(path) => {
             crate::model::load_for_training::<B>(path, cfg.training.seq_len, &ctx.tokenizer, device)
-                .map_err(|e| TrainerError::Model(e.to_string()))
+                .map_err(|e| TrainerError::Model(e.into()))
         }
         None => Ok(ctx
             .model_shape

@@ -168,12 +168,12 @@ impl Link {
             }),
         };
         if sent.is_err() {
-            return Err(TrainerError::Checkpoint(
-                "the scheduler is not running; its state cannot be saved".into(),
+            return Err(TrainerError::checkpoint_msg(
+                "the scheduler is not running; its state cannot be saved",
             ));
         }
         rx.recv_timeout(SNAPSHOT_TIMEOUT).map_err(|_| {
-            TrainerError::Checkpoint(format!(
+            TrainerError::checkpoint_msg(format!(
                 "the scheduler did not answer within {}s",
                 SNAPSHOT_TIMEOUT.as_secs()
             ))

@@ -36,6 +36,7 @@ pub struct Resume {
 }
 
 /// Everything the training thread needs, assembled by the runtime.
+#[derive(Debug)]
 pub struct TrainerCtx {
     /// The validated config.
     pub cfg: Arc<Config>,
@@ -100,7 +101,7 @@ pub fn run_with_learner<L: Learner>(
         Some(r) => {
             trainer
                 .load_state(&r.dir)
-                .map_err(|e| TrainerError::Checkpoint(format!("{}: {e}", r.dir.display())))?;
+                .map_err(|e| TrainerError::resume(&r.dir, e))?;
             tracing::info!(step = r.state.step, dir = %r.dir.display(), "resumed from checkpoint");
             Some(r.state.clone())
         }
@@ -260,13 +261,13 @@ fn save_outputs<L: Learner>(trainer: &L, ctx: &TrainerCtx) -> Result<(), Trainer
     let model_path = out_dir.join("model.mpk");
     trainer
         .save_weights(&model_path)
-        .map_err(|e| TrainerError::Model(e.to_string()))?;
+        .map_err(TrainerError::Model)?;
     tracing::info!(path = %model_path.display(), "model weights written");
     if ctx.cfg.runtime.export_hf {
         let dir = out_dir.join("hf");
         if trainer
             .export_hf(&ctx.tokenizer, &dir)
-            .map_err(|e| TrainerError::Model(e.to_string()))?
+            .map_err(TrainerError::Model)?
         {
             tracing::info!(dir = %dir.display(), "Hugging Face export written");
         } else {

@@ -23,7 +23,7 @@ mod progress;
 mod sets;
 mod unigram;
 
-pub use error::TrainerError;
+pub use error::{BoxError, TrainerError};
 pub use evaluation::ExactMatch;
 pub use factory::{llama_config, run_training, run_training_fused, train_hyper};
 pub use learner::Learner;

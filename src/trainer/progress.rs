@@ -104,7 +104,7 @@ impl Progress {
     /// Opens the logs (appending: a resumed run's logs were cut back to its checkpoint).
     pub(super) fn new(cfg: &Config, resumed: Option<&RunState>) -> Result<Self, TrainerError> {
         let out = &cfg.runtime.output_dir;
-        let open = |p: &Path| JsonlWriter::append(p).map_err(|e| TrainerError::Io(e.to_string()));
+        let open = |p: &Path| JsonlWriter::append(p).map_err(TrainerError::Log);
         let now = Instant::now();
         Ok(Self {
             runlog: open(&out.join("run.jsonl"))?,
@@ -169,7 +169,7 @@ impl Progress {
                     mixture_version: version,
                     samples: drawn,
                 })
-                .map_err(|e| TrainerError::Io(e.to_string()))?;
+                .map_err(TrainerError::Log)?;
         }
         Ok(())
     }
@@ -332,8 +332,6 @@ impl Progress {
     }
 
     fn write(&mut self, event: &RunEvent<'_>) -> Result<(), TrainerError> {
-        self.runlog
-            .write(event)
-            .map_err(|e| TrainerError::Io(e.to_string()))
+        self.runlog.write(event).map_err(TrainerError::Log)
     }
 }

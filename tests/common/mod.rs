@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Writes four small datasets (jsonl text, prompt/response, chat, plain text) under `dir`.
-pub fn write_corpus(dir: &Path) {
+pub(crate) fn write_corpus(dir: &Path) {
     let mut text = String::new();
     for i in 0..120 {
         text.push_str(&format!(
@@ -39,7 +39,7 @@ pub fn write_corpus(dir: &Path) {
 }
 
 /// A config for the corpus of [`write_corpus`] with a tiny model.
-pub fn tiny_config(dir: &Path, out: &Path, steps: u64, extra: &str) -> String {
+pub(crate) fn tiny_config(dir: &Path, out: &Path, steps: u64, extra: &str) -> String {
     let d = dir.display();
     format!(
         r#"
@@ -99,14 +99,14 @@ separator = "%"
 }
 
 /// Writes `text` as `name` in `dir` and returns its path.
-pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// Path of the built binary.
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mos-runtime"))
 }
 
@@ -116,11 +116,12 @@ pub fn bin() -> PathBuf {
 // read the Grafana dashboards' query expressions.
 
 /// The `[scheduler]` section that makes the daemon emit reward metrics quickly on the tiny corpus.
-pub const MOS_SCHEDULER: &str = "[scheduler]\nstrategy = \"mos\"\nupdate_every = 5\nprobe_size = 8";
+pub(crate) const MOS_SCHEDULER: &str =
+    "[scheduler]\nstrategy = \"mos\"\nupdate_every = 5\nprobe_size = 8";
 
 /// A child process that is killed and reaped when dropped, so that a failing assertion never
 /// leaves a daemon or a Prometheus server running.
-pub struct ChildGuard {
+pub(crate) struct ChildGuard {
     /// The process.
     pub child: std::process::Child,
     /// What it is, for messages.
@@ -131,7 +132,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd` with stdout and stderr sent to `log`.
-    pub fn spawn(name: &'static str, cmd: &mut std::process::Command, log: PathBuf) -> Self {
+    pub(crate) fn spawn(name: &'static str, cmd: &mut std::process::Command, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = cmd
@@ -144,13 +145,13 @@ impl ChildGuard {
     }
 
     /// The last lines of its output, for failure messages.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         (self.tail_fn())()
     }
 
     /// A closure giving [`ChildGuard::log_tail`] without borrowing the guard, for
     /// [`wait_until`]'s context while another closure polls the process.
-    pub fn tail_fn(&self) -> impl Fn() -> String {
+    pub(crate) fn tail_fn(&self) -> impl Fn() -> String {
         let (name, log) = (self.name, self.log.clone());
         move || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -163,7 +164,7 @@ impl ChildGuard {
     }
 
     /// Panics (with its output) if the process has already exited.
-    pub fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("{} exited early ({status})\n{}", self.name, self.log_tail());
         }
@@ -179,7 +180,7 @@ impl Drop for ChildGuard {
 }
 
 /// A loopback port that was free a moment ago (bound to port 0, then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -189,7 +190,7 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET on 127.0.0.1:`port` returning (status, body). HTTP/1.0 so that servers
 /// answer without chunked encoding and close the connection at the end of the body.
-pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(10);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -215,7 +216,7 @@ pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters pass through).
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         match b {
@@ -230,7 +231,7 @@ pub fn percent_encode(s: &str) -> String {
 
 /// Polls `probe` every 200 ms until it returns `Some` or `timeout` passes; then panics with `what`
 /// and the text of `context` (e.g. a child's last output).
-pub fn wait_until<T>(
+pub(crate) fn wait_until<T>(
     what: &str,
     timeout: std::time::Duration,
     mut probe: impl FnMut() -> Option<T>,
@@ -253,7 +254,7 @@ pub fn wait_until<T>(
 
 /// [`write_corpus`] plus one malformed line in `prose.jsonl`, so that the bad-record counter is
 /// exported too.
-pub fn write_corpus_with_bad_record(dir: &Path) {
+pub(crate) fn write_corpus_with_bad_record(dir: &Path) {
     write_corpus(dir);
     let p = dir.join("prose.jsonl");
     let mut text = std::fs::read_to_string(&p).unwrap();
@@ -264,7 +265,13 @@ pub fn write_corpus_with_bad_record(dir: &Path) {
 /// Writes a tiny config under `dir` (the corpus must be there already) and starts the daemon
 /// binary on it, serving metrics on 127.0.0.1:`port` and evaluating every `eval_every` steps
 /// (0: only at the end).
-pub fn spawn_daemon(dir: &Path, steps: u64, extra: &str, port: u16, eval_every: u64) -> ChildGuard {
+pub(crate) fn spawn_daemon(
+    dir: &Path,
+    steps: u64,
+    extra: &str,
+    port: u16,
+    eval_every: u64,
+) -> ChildGuard {
     let cfg = tiny_config(dir, &dir.join("out"), steps, extra);
     let p = write_file(dir, "daemon.toml", &cfg);
     let mut cmd = std::process::Command::new(bin());
@@ -280,7 +287,7 @@ pub fn spawn_daemon(dir: &Path, steps: u64, extra: &str, port: u16, eval_every: 
 }
 
 /// The first sample value of metric `name` (any labels) in a Prometheus text exposition.
-pub fn sample_value(exposition: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample_value(exposition: &str, name: &str) -> Option<f64> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -293,7 +300,7 @@ pub fn sample_value(exposition: &str, name: &str) -> Option<f64> {
 }
 
 /// Metric family names and their `# TYPE` in a Prometheus text exposition.
-pub fn exposition_types(exposition: &str) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn exposition_types(exposition: &str) -> std::collections::BTreeMap<String, String> {
     exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -305,7 +312,7 @@ pub fn exposition_types(exposition: &str) -> std::collections::BTreeMap<String, 
 }
 
 /// Names of every sample line (series name without labels) in a Prometheus text exposition.
-pub fn exposition_sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
+pub(crate) fn exposition_sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -315,13 +322,13 @@ pub fn exposition_sample_names(exposition: &str) -> std::collections::BTreeSet<S
 }
 
 /// The folder of the Grafana dashboards.
-pub fn dashboards_dir() -> PathBuf {
+pub(crate) fn dashboards_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards")
 }
 
 /// One query of one dashboard panel.
 #[derive(Debug, Clone)]
-pub struct PanelQuery {
+pub(crate) struct PanelQuery {
     /// Dashboard file name.
     pub file: String,
     /// Panel title.
@@ -331,7 +338,7 @@ pub struct PanelQuery {
 }
 
 /// Every panel target expression of every dashboard JSON (rows' nested panels included).
-pub fn dashboard_queries() -> Vec<PanelQuery> {
+pub(crate) fn dashboard_queries() -> Vec<PanelQuery> {
     fn walk(file: &str, panels: &serde_json::Value, out: &mut Vec<PanelQuery>) {
         for p in panels.as_array().into_iter().flatten() {
             let title = p["title"].as_str().unwrap_or("?").to_string();
@@ -355,7 +362,7 @@ pub fn dashboard_queries() -> Vec<PanelQuery> {
 }
 
 /// Every dashboard JSON of [`dashboards_dir`], parsed, with its file name, sorted by name.
-pub fn dashboards() -> Vec<(String, serde_json::Value)> {
+pub(crate) fn dashboards() -> Vec<(String, serde_json::Value)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -375,7 +382,7 @@ pub fn dashboards() -> Vec<(String, serde_json::Value)> {
 
 /// The `mos_` metric names used in a PromQL expression, with the `_bucket`, `_sum` and `_count`
 /// series suffixes of histograms stripped.
-pub fn metric_names_in(expr: &str) -> std::collections::BTreeSet<String> {
+pub(crate) fn metric_names_in(expr: &str) -> std::collections::BTreeSet<String> {
     let bytes = expr.as_bytes();
     let mut out = std::collections::BTreeSet::new();
     let mut i = 0;
@@ -407,7 +414,7 @@ pub fn metric_names_in(expr: &str) -> std::collections::BTreeSet<String> {
 
 /// A dashboard expression made runnable outside Grafana: `$dataset` matches every dataset (as the
 /// variable's "All" value `.+` does) and the interval macros become fixed windows.
-pub fn substitute_grafana_vars(expr: &str) -> String {
+pub(crate) fn substitute_grafana_vars(expr: &str) -> String {
     expr.replace("${dataset}", ".+")
         .replace("$dataset", ".+")
         .replace("$__rate_interval", "10s")
@@ -417,14 +424,19 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
 
 /// Writes the tiny config for `out` under `dir` and loads it as a user would (file, no
 /// environment, no overrides).
-pub fn load_tiny(dir: &Path, out: &str, steps: u64, extra: &str) -> mos_runtime::config::Config {
+pub(crate) fn load_tiny(
+    dir: &Path,
+    out: &str,
+    steps: u64,
+    extra: &str,
+) -> mos_runtime::config::Config {
     let text = tiny_config(dir, &dir.join(out), steps, extra);
     let p = write_file(dir, &format!("{out}.toml"), &text);
     mos_runtime::config::Config::load_with_env(&p, &[], &[]).unwrap()
 }
 
 /// A tokio runtime shaped like the binary's (two workers).
-pub fn tokio_rt() -> tokio::runtime::Runtime {
+pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

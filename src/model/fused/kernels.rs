@@ -21,6 +21,8 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: the pointer is only dereferenced by tasks that write disjoint element sets (documented
 // at each use), and the buffer outlives the parallel region that uses it.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared references only copy the pointer; writes through it go to
+// disjoint elements.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -40,6 +42,7 @@ pub(crate) struct View {
 }
 // SAFETY: views are only read, and the buffers they point into outlive every parallel region.
 unsafe impl Send for View {}
+// SAFETY: as for `Send`: nothing writes through a view.
 unsafe impl Sync for View {}
 
 impl View {
@@ -301,7 +304,7 @@ pub(crate) fn rope(
 }
 
 /// Shapes of one attention call.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnShape {
     pub(crate) b: usize,
     pub(crate) t: usize,

@@ -188,6 +188,26 @@ const STATE_MODEL: &str = "model.mpk";
 const STATE_MOMENTS: &str = "adamw_moments.safetensors";
 pub(crate) const STATE_FUSED: &str = "fused_trainer.json";
 
+// By hand: the flat buffers hold millions of floats, which a derived Debug would print.
+impl std::fmt::Debug for FusedTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FusedTrainer")
+            .field("cfg", &self.cfg)
+            .field("hyper", &self.hyper)
+            .field("parameters", &self.w.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// By hand, for the same reason: only the shape is worth printing.
+impl std::fmt::Debug for AttentionKernelBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttentionKernelBench")
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The fused CPU trainer. See the module documentation.
 pub struct FusedTrainer {
     cfg: LlamaConfig,
