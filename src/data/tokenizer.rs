@@ -415,3 +415,14 @@ mod tests {
         assert!(Tokenizer::from_config(&config).is_err());
     }
 }
+
+/// The tokenizer files of a Hugging Face export (the model module knows nothing of this type).
+impl<'a> From<&'a Tokenizer> for crate::model::export::ExportTokenizer<'a> {
+    fn from(t: &'a Tokenizer) -> Self {
+        Self {
+            hf: t.hf(),
+            bos: t.bos_id(),
+            eos: t.eos_id(),
+        }
+    }
+}

@@ -27,16 +27,6 @@ pub struct ExportTokenizer<'a> {
     pub eos: u32,
 }
 
-impl<'a> From<&'a crate::data::Tokenizer> for ExportTokenizer<'a> {
-    fn from(t: &'a crate::data::Tokenizer) -> Self {
-        ExportTokenizer {
-            hf: t.hf(),
-            bos: t.bos_id(),
-            eos: t.eos_id(),
-        }
-    }
-}
-
 /// Copies a 2-D tensor to the host as f32.
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>, name: &str) -> Result<Vec<f32>, ModelError> {
     t.into_data()
@@ -206,17 +196,5 @@ pub fn export_hf_dir<B: Backend>(
             "the built-in byte tokenizer has no tokenizer.json form: the export has weights and config only"
         ),
     }
-    Ok(())
-}
-
-/// The end-of-run export (`runtime.export_hf`): `<out_dir>/hf`, with the run's tokenizer.
-pub fn export_run<B: Backend>(
-    model: &Llama<B>,
-    tokenizer: &crate::data::Tokenizer,
-    out_dir: &Path,
-) -> Result<(), ModelError> {
-    let dir = out_dir.join("hf");
-    export_hf_dir(model, tokenizer.into(), &dir)?;
-    tracing::info!(dir = %dir.display(), "Hugging Face export written");
     Ok(())
 }

@@ -624,23 +624,22 @@ pub(crate) fn requested_names(cfg: &LlamaConfig) -> Vec<String> {
 }
 
 /// The starting model of a fine-tuning run: the checkpoint at `path`, checked against the run's
-/// tokenizer (every token id must have an embedding row). `max_seq_len` is the training sequence
-/// length.
+/// tokenizer, whose `vocab_size` ids must each have an embedding row. `max_seq_len` is the
+/// training sequence length.
 pub fn load_for_training<B: Backend>(
     path: &Path,
     max_seq_len: usize,
-    tokenizer: &crate::data::Tokenizer,
+    vocab_size: usize,
     device: &B::Device,
 ) -> Result<Llama<B>, LoadError> {
     let started = std::time::Instant::now();
     let model = load_pretrained::<B>(path, max_seq_len, device)?;
     let cfg = model.config();
-    if tokenizer.vocab_size() > cfg.vocab_size {
+    if vocab_size > cfg.vocab_size {
         return Err(LoadError::Format {
             path: path.to_path_buf(),
             message: format!(
-                "the tokenizer has {} ids but the model only {} embedding rows",
-                tokenizer.vocab_size(),
+                "the tokenizer has {vocab_size} ids but the model only {} embedding rows",
                 cfg.vocab_size
             ),
         });

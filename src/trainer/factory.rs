@@ -32,10 +32,13 @@ fn initial_model<B: burn::tensor::backend::Backend>(
 ) -> Result<crate::model::Llama<B>, TrainerError> {
     let cfg = &ctx.cfg;
     match &cfg.model.pretrained {
-        Some(path) => {
-            crate::model::load_for_training::<B>(path, cfg.training.seq_len, &ctx.tokenizer, device)
-                .map_err(|e| TrainerError::Model(e.into()))
-        }
+        Some(path) => crate::model::load_for_training::<B>(
+            path,
+            cfg.training.seq_len,
+            ctx.tokenizer.vocab_size(),
+            device,
+        )
+        .map_err(|e| TrainerError::Model(e.into())),
         None => Ok(ctx
             .model_shape
             .init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), device)),
