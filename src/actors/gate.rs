@@ -196,7 +196,10 @@ impl<M: Send + 'static> Slot<M> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Barrier;
+
     use super::*;
+    use crate::control::interleave::for_each_interleaving;
 
     #[test]
     fn a_permit_releases_its_slot_on_every_path() {
@@ -226,5 +229,178 @@ mod tests {
         gate.acquire();
         assert_eq!(gate.in_flight(), 2);
         assert!(!gate.try_acquire());
+    }
+
+    /// One operation of the gate interleaving test. Each one the gate sees is a single atomic
+    /// read-modify-write, so the interleavings of whole operations are every behaviour (see
+    /// [`crate::control::interleave`]).
+    #[derive(Debug, Clone, Copy)]
+    enum GateOp {
+        /// `try_acquire`, keeping the slot as a bare permit (what `try_reserve` does).
+        TryReserve,
+        /// Drops one bare permit if the thread holds one (an unsent slot dropped).
+        Release,
+        /// `acquire` whatever the number in flight, with the slot in an envelope (`send`).
+        Reserve,
+        /// `try_acquire`, with the slot in an envelope if admitted (`try_send`).
+        TrySend,
+        /// Opens one envelope if the thread holds one (the receiver's first act).
+        Open,
+        /// Drops one envelope unopened if the thread holds one (an actor stopped with it in its
+        /// mailbox).
+        DropUnopened,
+    }
+
+    /// What one simulated thread holds: its bare permits and its envelopes.
+    #[derive(Default)]
+    struct Held {
+        permits: Vec<Permit>,
+        envelopes: Vec<Gated<usize>>,
+    }
+
+    /// Every interleaving of three senders on a fresh gate of capacity 1, 2 and 3: thread A
+    /// takes two slots with `try_acquire` and then releases what it got, thread B takes a slot
+    /// with `acquire` (over capacity if need be) and opens its envelope, thread C tries a send
+    /// and drops the envelope unopened. Together they release a slot on each path a real one
+    /// takes: a permit dropped, an envelope opened and an envelope dropped.
+    ///
+    /// After every operation the count must be exact: `in_flight` equals the slots the threads
+    /// hold, which is what was admitted minus what was released (so it never underflows, and a
+    /// release never goes missing). `try_acquire` must admit exactly when fewer than `capacity`
+    /// are in flight: never at or over capacity, and never refuse a free slot. At the end every
+    /// slot is released.
+    #[test]
+    fn every_interleaving_of_gate_callers_keeps_the_count_exact() {
+        use GateOp::*;
+        let a: &[GateOp] = &[TryReserve, TryReserve, Release, Release];
+        let b: &[GateOp] = &[Reserve, Open];
+        let c: &[GateOp] = &[TrySend, DropUnopened];
+        let programs = [a, b, c];
+        let steps = programs.map(<[GateOp]>::len);
+
+        for capacity in 1..=3 {
+            let (mut refused, mut over_capacity) = (0, 0);
+            let visited = for_each_interleaving(&steps, |schedule| {
+                let gate = Arc::new(ReportGate::new(capacity));
+                let mut held: [Held; 3] = Default::default();
+                let mut pc = [0; 3];
+                let (mut admitted, mut released) = (0usize, 0usize);
+                for &t in schedule {
+                    let op = programs[t][pc[t]];
+                    pc[t] += 1;
+                    let at =
+                        || format!("{op:?} at capacity {capacity} in {schedule:?} up to {pc:?}");
+                    // The harness runs one operation at a time, so this read is exact.
+                    let before = gate.in_flight();
+                    let h = &mut held[t];
+                    match op {
+                        TryReserve | TrySend => {
+                            let got = gate.try_acquire();
+                            assert_eq!(
+                                got,
+                                before < capacity,
+                                "admitted {got} with {before} in flight: {}",
+                                at()
+                            );
+                            if got {
+                                admitted += 1;
+                                let permit = Permit { gate: gate.clone() };
+                                match op {
+                                    TrySend => h.envelopes.push(Gated { msg: t, permit }),
+                                    _ => h.permits.push(permit),
+                                }
+                            } else {
+                                refused += 1;
+                            }
+                        }
+                        Reserve => {
+                            gate.acquire();
+                            admitted += 1;
+                            let permit = Permit { gate: gate.clone() };
+                            h.envelopes.push(Gated { msg: t, permit });
+                        }
+                        Release => {
+                            if let Some(permit) = h.permits.pop() {
+                                drop(permit);
+                                released += 1;
+                            }
+                        }
+                        Open => {
+                            if let Some(envelope) = h.envelopes.pop() {
+                                assert_eq!(envelope.open(), t);
+                                released += 1;
+                            }
+                        }
+                        DropUnopened => {
+                            if let Some(envelope) = h.envelopes.pop() {
+                                drop(envelope);
+                                released += 1;
+                            }
+                        }
+                    }
+                    let holding: usize = held
+                        .iter()
+                        .map(|h| h.permits.len() + h.envelopes.len())
+                        .sum();
+                    let expected = admitted
+                        .checked_sub(released)
+                        .expect("released more than admitted");
+                    assert_eq!(holding, expected);
+                    assert_eq!(gate.in_flight(), expected, "{}", at());
+                    over_capacity += usize::from(expected > capacity);
+                }
+                assert!(held
+                    .iter()
+                    .all(|h| h.permits.is_empty() && h.envelopes.is_empty()));
+                assert_eq!(gate.in_flight(), 0, "a slot leaked: {schedule:?}");
+            });
+            // 8! / (4! 2! 2!) = 420 interleavings of the three threads, at each capacity.
+            assert_eq!(visited, 420, "capacity {capacity}");
+            // At every capacity some interleavings fill the gate (try_acquire refuses) and some
+            // push it over capacity with acquire, so both sides of the admission rule are
+            // exercised.
+            assert!(refused > 0 && over_capacity > 0, "capacity {capacity}");
+        }
+    }
+
+    /// Real threads on a real gate: four threads each try to take and release a slot 10,000
+    /// times on a gate of capacity 3, sampling the count while they hold it (or just failed to
+    /// get one). The count is one atomic, so no sample may exceed the capacity, a thread that
+    /// holds a slot must see at least its own, and every slot is back at the end. This does not
+    /// prove anything the interleaving test does not, but it runs the real atomics under real
+    /// contention, where a non-atomic update would lose counts. Without the yield the four
+    /// threads rarely hold slots at the same time on a two-core machine: an off-by-one admission
+    /// rule (`<=` for `<`) then went unnoticed, and with it the test catches that every run.
+    #[test]
+    fn four_threads_hammering_try_acquire_never_exceed_capacity() {
+        const THREADS: usize = 4;
+        const ITERATIONS: usize = 10_000;
+        const CAPACITY: usize = 3;
+        let gate = Arc::new(ReportGate::new(CAPACITY));
+        let start = Barrier::new(THREADS);
+        let admitted = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    // Start together, so that the threads contend from the first iteration.
+                    start.wait();
+                    for _ in 0..ITERATIONS {
+                        let permit = gate.try_acquire().then(|| Permit { gate: gate.clone() });
+                        // Yielding while holding the slot lets other threads run meanwhile, so
+                        // that all of them hold one at the same time often, even on few cores.
+                        std::thread::yield_now();
+                        let seen = gate.in_flight();
+                        assert!(seen <= CAPACITY, "{seen} in flight on a gate of {CAPACITY}");
+                        if permit.is_some() {
+                            assert!(seen >= 1, "a held slot was not counted");
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(permit);
+                    }
+                });
+            }
+        });
+        assert_eq!(gate.in_flight(), 0);
+        assert!(admitted.load(Ordering::Relaxed) > 0);
     }
 }
