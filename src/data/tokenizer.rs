@@ -304,6 +304,17 @@ fn byte_special_name(id: u32, chatml: bool) -> Option<&'static str> {
     }
 }
 
+/// The tokenizer files of a Hugging Face export (the model module knows nothing of this type).
+impl<'a> From<&'a Tokenizer> for crate::model::export::ExportTokenizer<'a> {
+    fn from(t: &'a Tokenizer) -> Self {
+        Self {
+            hf: t.hf(),
+            bos: t.bos_id(),
+            eos: t.eos_id(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,16 +424,5 @@ mod tests {
             ..ModelConfig::default()
         };
         assert!(Tokenizer::from_config(&config).is_err());
-    }
-}
-
-/// The tokenizer files of a Hugging Face export (the model module knows nothing of this type).
-impl<'a> From<&'a Tokenizer> for crate::model::export::ExportTokenizer<'a> {
-    fn from(t: &'a Tokenizer) -> Self {
-        Self {
-            hf: t.hf(),
-            bos: t.bos_id(),
-            eos: t.eos_id(),
-        }
     }
 }
