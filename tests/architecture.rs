@@ -160,3 +160,30 @@ fn no_module_imports_its_own_layer_or_one_above() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn the_actors_and_the_mixture_never_name_burn_or_the_model() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for f in all_sources() {
+        if !(f.starts_with("src/actors/") || f.starts_with("src/mixture/")) {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(root().join(&f)).expect("source");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if line.contains("burn::") || line.contains("crate::model") {
+                problems.push(format!("{f}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} files checked");
+    assert!(
+        problems.is_empty(),
+        "tensor code in an actor or the mixture:\n{}",
+        problems.join("\n")
+    );
+}
