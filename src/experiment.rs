@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
+use crate::mixture::MixtureLogLine;
 use crate::report::{line_chart, read_jsonl, ReportError};
-use crate::trainer::ExactMatch;
+use crate::runlog::{ExactMatch, RunRecord};
 
 /// Errors of the experiment runner; each names the file and, where it applies, the key or cell.
 #[derive(Debug, thiserror::Error)]
@@ -284,41 +285,6 @@ pub fn finished(run: &PlannedRun) -> Option<RunResult> {
     serde_json::from_str(&text).ok()
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum LogLine {
-    Train {
-        #[serde(default)]
-        tokens_per_second: f64,
-    },
-    Eval {
-        step: u64,
-        loss: Vec<(String, f64)>,
-    },
-    #[serde(rename = "exact_match")]
-    ExactMatch {
-        step: u64,
-        results: Vec<ExactMatch>,
-    },
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum MixLine {
-    Start {
-        names: Vec<String>,
-        prior: Vec<f64>,
-    },
-    Update {
-        step: u64,
-        after: Vec<f64>,
-    },
-    #[serde(other)]
-    Other,
-}
-
 /// Reads a finished run's logs into its [`RunResult`] and writes `result.json` atomically.
 /// Fails when the log has no evaluation at `runtime.max_steps` (the run did not finish).
 pub fn collect(run: &PlannedRun) -> Result<RunResult, ExperimentError> {
@@ -327,16 +293,16 @@ pub fn collect(run: &PlannedRun) -> Result<RunResult, ExperimentError> {
     let mut eval = None;
     let mut exact = BTreeMap::new();
     let mut tps = Vec::new();
-    for (_, line) in read_jsonl::<LogLine>(&log, true)? {
+    for (_, line) in read_jsonl::<RunRecord>(&log, true)? {
         match line {
-            LogLine::Eval { step, loss } if step == max_steps => eval = Some(loss),
-            LogLine::ExactMatch { step, results } if step == max_steps => {
+            RunRecord::Eval { step, loss, .. } if step == max_steps => eval = Some(loss),
+            RunRecord::ExactMatch { step, results, .. } if step == max_steps => {
                 exact = results
                     .into_iter()
                     .map(|r| (r.dataset.clone(), r))
                     .collect();
             }
-            LogLine::Train {
+            RunRecord::Train {
                 tokens_per_second, ..
             } if tokens_per_second > 0.0 => tps.push(tokens_per_second),
             _ => {}
@@ -346,17 +312,27 @@ pub fn collect(run: &PlannedRun) -> Result<RunResult, ExperimentError> {
         path: log.clone(),
         message: format!("no evaluation at the last step ({max_steps}): the run did not finish"),
     })?;
+    // A non-finite held-out loss is logged as null; a result needs numbers to average.
+    let eval = eval
+        .into_iter()
+        .map(|(name, l)| match l {
+            Some(l) => Ok((name, l)),
+            None => Err(ExperimentError::Incomplete {
+                path: log.clone(),
+                message: format!("the held-out loss of `{name}` at step {max_steps} is not finite"),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mix_path = run.dir.join("mixture.jsonl");
     let mut names = Vec::new();
     let mut mixture = Vec::new();
-    for (_, line) in read_jsonl::<MixLine>(&mix_path, false)? {
+    for (_, line) in read_jsonl::<MixtureLogLine>(&mix_path, false)? {
         match line {
-            MixLine::Start { names: n, prior } => {
-                names = n;
-                mixture.push((0, prior));
+            MixtureLogLine::Start(start) => {
+                names = start.names;
+                mixture.push((0, start.prior));
             }
-            MixLine::Update { step, after } => mixture.push((step, after)),
-            MixLine::Other => {}
+            MixtureLogLine::Update(u) => mixture.push((u.step, u.after)),
         }
     }
     let result = RunResult {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::Deserialize;
 
+use crate::runlog::RunRecord;
+
 /// Name of the folder, inside the run's output directory, that receives the plots.
 pub const REPORT_DIR: &str = "report";
 
@@ -64,25 +66,6 @@ pub enum ReportError {
         /// plotters' error, as text (its error type is generic over the backend).
         message: String,
     },
-}
-
-/// One `run.jsonl` line. Unknown kinds are ignored so that older reports keep reading newer logs.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum RunLine {
-    Train {
-        step: u64,
-        /// `null` when every step of the window had a non-finite loss (serde writes NaN as null).
-        loss: Option<f64>,
-        #[serde(default)]
-        mixture: Vec<f64>,
-    },
-    Eval {
-        step: u64,
-        loss: Vec<(String, Option<f64>)>,
-    },
-    #[serde(other)]
-    Other,
 }
 
 /// The fields of a `mixture.jsonl` update line (`mixture::UpdateRecord`, tagged
@@ -174,17 +157,18 @@ pub fn render_report(output_dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
 fn read_run(output_dir: &Path) -> Result<RunData, ReportError> {
     let mut data = RunData::default();
     let run_path = output_dir.join("run.jsonl");
-    for (line, rec) in read_jsonl::<RunLine>(&run_path, true)? {
+    for (line, rec) in read_jsonl::<RunRecord>(&run_path, true)? {
         match rec {
-            RunLine::Train {
+            RunRecord::Train {
                 step,
                 loss,
                 mixture,
+                ..
             } => {
                 let x = step as f64;
                 data.last_step = data.last_step.max(x);
                 if let Some(l) = loss.filter(|l| l.is_finite()) {
-                    data.train_loss.push((x, l));
+                    data.train_loss.push((x, l as f64));
                 }
                 if !mixture.is_empty() {
                     if let Some((_, first)) = data.train_mixture.first() {
@@ -203,7 +187,7 @@ fn read_run(output_dir: &Path) -> Result<RunData, ReportError> {
                     data.train_mixture.push((x, mixture));
                 }
             }
-            RunLine::Eval { step, loss } => {
+            RunRecord::Eval { step, loss, .. } => {
                 let x = step as f64;
                 data.last_step = data.last_step.max(x);
                 for (name, l) in loss {
@@ -216,7 +200,7 @@ fn read_run(output_dir: &Path) -> Result<RunData, ReportError> {
                     }
                 }
             }
-            RunLine::Other => {}
+            RunRecord::Probe { .. } | RunRecord::ExactMatch { .. } | RunRecord::Other => {}
         }
     }
 

@@ -1,4 +1,5 @@
-//! Append-only JSON-lines logs (`run.jsonl`, `mixture.jsonl`).
+//! Append-only JSON-lines logs (`run.jsonl`, `mixture.jsonl`, `samples.jsonl`) and the schema of
+//! `run.jsonl` and `samples.jsonl` (that of `mixture.jsonl` is `mixture::MixtureLogLine`).
 //!
 //! Each record is serialised to one line and flushed, so a crash loses at most the line being
 //! written and readers (the `report` and `replay` commands, tests) can tail the file while the run
@@ -9,7 +10,101 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// One line of `run.jsonl`. The trainer writes these; `report`, `experiment` and the tests read
+/// the same type. Fields added after the first release default when absent, so older logs
+/// still read; kinds this version does not know read as [`RunRecord::Other`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RunRecord {
+    /// A progress window (every `runtime.log_every` steps and at the last).
+    Train {
+        /// Steps completed.
+        step: u64,
+        /// Mean training loss over the window; `null` when every step of it was non-finite.
+        loss: Option<f32>,
+        /// Learning rate of the last step.
+        #[serde(default)]
+        lr: f64,
+        /// Training tokens per second over the window.
+        #[serde(default)]
+        tokens_per_second: f64,
+        /// Mean seconds per step over the window.
+        #[serde(default)]
+        step_seconds: f64,
+        /// Seconds the window waited for data.
+        #[serde(default)]
+        data_wait_seconds: f64,
+        /// Version of the mixture the last step sampled from.
+        #[serde(default)]
+        mixture_version: u64,
+        /// That mixture.
+        #[serde(default)]
+        mixture: Vec<f64>,
+    },
+    /// Held-out loss per dataset (`null` where it was not finite).
+    Eval {
+        /// Steps completed.
+        step: u64,
+        /// (dataset, loss) pairs.
+        loss: Vec<(String, Option<f64>)>,
+        /// Seconds the evaluation took.
+        #[serde(default)]
+        seconds: f64,
+    },
+    /// A probe pass at an update boundary (MoS).
+    Probe {
+        /// Steps completed.
+        step: u64,
+        /// Seconds the probe pass took.
+        #[serde(default)]
+        seconds: f64,
+    },
+    /// Exact match of greedy answers at the end of a run.
+    #[serde(rename = "exact_match")]
+    ExactMatch {
+        /// Steps completed.
+        step: u64,
+        /// One result per dataset with `exact_match = true`.
+        results: Vec<ExactMatch>,
+        /// Seconds the decoding took.
+        #[serde(default)]
+        seconds: f64,
+    },
+    /// A kind this version does not know (never written).
+    #[serde(other)]
+    Other,
+}
+
+/// One line of `samples.jsonl` (`runtime.trace_samples`): the (dataset, record index) pairs of
+/// one step's batch and the mixture version they were drawn under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    /// Steps completed (this batch's step).
+    pub step: u64,
+    /// Version of the mixture the batch was drawn from.
+    pub mixture_version: u64,
+    /// (dataset index, record index) per example, in batch order.
+    pub samples: Vec<(usize, u32)>,
+}
+
+/// Exact-match result of one dataset (also a `run.jsonl` record of kind `exact_match`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExactMatch {
+    /// The dataset.
+    pub dataset: String,
+    /// Answers reproduced exactly (after normalisation of case, spaces, final punctuation).
+    pub correct: usize,
+    /// Questions asked.
+    pub total: usize,
+    /// `correct / total` (0 when `total` is 0).
+    pub accuracy: f64,
+    /// Held-out records not used: no final answer, marker missing, or answer too long.
+    pub skipped: usize,
+    /// Up to three (reference, generated) pairs, for a reader of the log.
+    pub examples: Vec<(String, String)>,
+}
 
 /// An error reading or writing a JSONL log.
 #[derive(Debug, thiserror::Error)]

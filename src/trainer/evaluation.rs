@@ -4,30 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use super::sets::{targets_of, FixedSets};
 use super::Learner;
 use crate::config::Config;
 use crate::data::{Dataset, Tokenizer};
+use crate::runlog::ExactMatch;
 use crate::telemetry;
-
-/// Exact-match result of one dataset (also a `run.jsonl` record of kind `exact_match`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ExactMatch {
-    /// The dataset.
-    pub dataset: String,
-    /// Answers reproduced exactly (after normalisation of case, spaces, final punctuation).
-    pub correct: usize,
-    /// Questions asked.
-    pub total: usize,
-    /// `correct / total` (0 when `total` is 0).
-    pub accuracy: f64,
-    /// Held-out records not used: no final answer, marker missing, or answer too long.
-    pub skipped: usize,
-    /// Up to three (reference, generated) pairs, for a reader of the log.
-    pub examples: Vec<(String, String)>,
-}
 
 /// Held-out loss of every dataset that has held-out examples, and the seconds it took.
 pub(super) fn evaluate<L: Learner>(

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::batcher::Batcher;
 use super::checkpointing::{Checkpoints, Parts};
-use super::evaluation::{evaluate, exact_match, ExactMatch};
+use super::evaluation::{evaluate, exact_match};
 use super::link::{Link, Sent};
 use super::progress::{Health, Progress};
 use super::{sets, Learner, TrainerError};
@@ -22,6 +22,7 @@ use crate::config::{Config, NonFiniteAction, Strategy};
 use crate::control::{Control, LiveSet};
 use crate::data::{Dataset, Example, Tokenizer};
 use crate::model::LlamaConfig;
+use crate::runlog::ExactMatch;
 
 /// Where a resumed run continues from, prepared by the runtime.
 #[derive(Debug, Clone)]

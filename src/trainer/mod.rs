@@ -23,8 +23,8 @@ mod progress;
 mod sets;
 mod unigram;
 
+pub use crate::runlog::ExactMatch;
 pub use error::{BoxError, TrainerError};
-pub use evaluation::ExactMatch;
 pub use factory::{llama_config, run_training, run_training_fused, train_hyper};
 pub use learner::Learner;
 pub use r#loop::{run_with_learner, Resume, RunSummary, TrainerCtx};

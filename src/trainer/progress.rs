@@ -6,53 +6,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::{ExactMatch, TrainerError};
+use super::TrainerError;
 use crate::checkpoint::RunState;
 use crate::config::Config;
 use crate::mixture::MixtureSnapshot;
 use crate::model::StepOutput;
-use crate::runlog::JsonlWriter;
+use crate::runlog::{ExactMatch, JsonlWriter, RunRecord, SampleRecord};
 use crate::telemetry;
-
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum RunEvent<'a> {
-    Train {
-        step: u64,
-        loss: f32,
-        lr: f64,
-        tokens_per_second: f64,
-        step_seconds: f64,
-        data_wait_seconds: f64,
-        mixture_version: u64,
-        mixture: &'a [f64],
-    },
-    Eval {
-        step: u64,
-        loss: Vec<(String, f64)>,
-        seconds: f64,
-    },
-    Probe {
-        step: u64,
-        seconds: f64,
-    },
-    #[serde(rename = "exact_match")]
-    ExactMatch {
-        step: u64,
-        results: &'a [ExactMatch],
-        seconds: f64,
-    },
-}
-
-/// One line of `samples.jsonl`: the (dataset, record index) pairs of one step's batch.
-#[derive(Serialize)]
-struct SampleTrace<'a> {
-    step: u64,
-    mixture_version: u64,
-    samples: &'a [(usize, u32)],
-}
 
 /// The metric handles of the training loop, registered once.
 struct Metrics {
@@ -164,10 +124,10 @@ impl Progress {
     ) -> Result<(), TrainerError> {
         if let Some(trace) = self.trace.as_mut() {
             trace
-                .write(&SampleTrace {
+                .write(&SampleRecord {
                     step,
                     mixture_version: version,
-                    samples: drawn,
+                    samples: drawn.to_vec(),
                 })
                 .map_err(TrainerError::Log)?;
         }
@@ -250,15 +210,16 @@ impl Progress {
             100.0 * self.window_wait / secs,
             snap.version
         );
-        self.write(&RunEvent::Train {
+        self.write(&RunRecord::Train {
             step,
-            loss,
+            // NaN (every step of the window non-finite) is written as null, as before.
+            loss: loss.is_finite().then_some(loss),
             lr,
             tokens_per_second: tps,
             step_seconds: secs / self.window_steps.max(1) as f64,
             data_wait_seconds: self.window_wait,
             mixture_version: snap.version,
-            mixture: &snap.weights,
+            mixture: snap.weights.clone(),
         })?;
         self.window_tokens = 0;
         self.window_loss = 0.0;
@@ -270,7 +231,7 @@ impl Progress {
 
     /// A `probe` record.
     pub(super) fn probe(&mut self, step: u64, seconds: f64) -> Result<(), TrainerError> {
-        self.write(&RunEvent::Probe { step, seconds })
+        self.write(&RunRecord::Probe { step, seconds })
     }
 
     /// The eval line and its `eval` record.
@@ -285,7 +246,11 @@ impl Progress {
             .collect::<Vec<_>>()
             .join(" ");
         tracing::info!("eval at step {step}: {line}");
-        self.write(&RunEvent::Eval {
+        let loss = loss
+            .into_iter()
+            .map(|(n, l)| (n, l.is_finite().then_some(l)))
+            .collect();
+        self.write(&RunRecord::Eval {
             step,
             loss,
             seconds,
@@ -302,9 +267,9 @@ impl Progress {
         if results.is_empty() {
             return Ok(());
         }
-        self.write(&RunEvent::ExactMatch {
+        self.write(&RunRecord::ExactMatch {
             step,
-            results,
+            results: results.to_vec(),
             seconds,
         })
     }
@@ -331,7 +296,7 @@ impl Progress {
         (seconds, self.total_tokens as f64 / seconds.max(1e-9))
     }
 
-    fn write(&mut self, event: &RunEvent<'_>) -> Result<(), TrainerError> {
+    fn write(&mut self, event: &RunRecord) -> Result<(), TrainerError> {
         self.runlog.write(event).map_err(TrainerError::Log)
     }
 }
