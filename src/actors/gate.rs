@@ -63,11 +63,6 @@ impl ReportGate {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
-
-    /// The most messages admitted by [`ReportGate::try_acquire`].
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 /// One slot of a [`ReportGate`], released when dropped.

@@ -6,27 +6,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::loader::{LoaderActor, LoaderArgs, LoaderMsg};
-use crate::config::{ChatTemplate, ModelConfig};
-use crate::data::{example_at, Dataset, Example, Record, Tokenizer};
-
-fn byte_tok() -> Tokenizer {
-    Tokenizer::from_config(&ModelConfig::default()).unwrap()
-}
-
-fn small_dataset(n: usize) -> Dataset {
-    Dataset {
-        name: "small".into(),
-        path: "small.jsonl".into(),
-        train: (0..n)
-            .map(|i| Record::PromptResponse {
-                prompt: format!("q{i}"),
-                response: format!("a{i}"),
-            })
-            .collect(),
-        eval: Vec::new(),
-        bad_records: 0,
-    }
-}
+use crate::config::ChatTemplate;
+use crate::data::tests::{byte_tok, small_dataset};
+use crate::data::{example_at, Dataset, Example};
 
 fn loader_args(
     ds: Arc<Dataset>,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, SpawnErr};
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use super::gate::{GatedSender, ReportGate};
 use super::reward::{RewardActor, RewardArgs, RewardMsg};
@@ -142,12 +142,7 @@ impl MixingPlan {
             },
             resume: self.resumed.is_some(),
         };
-        let (actor, join) = match &supervisor {
-            Some(cell) => {
-                Actor::spawn_linked(name("scheduler"), SchedulerActor, args, cell.clone()).await?
-            }
-            None => Actor::spawn(name("scheduler"), SchedulerActor, args).await?,
-        };
+        let (actor, join) = spawn(name("scheduler"), SchedulerActor, args, &supervisor).await?;
         let scheduler = GatedSender::new(actor, Arc::new(ReportGate::new(self.scheduler_capacity)));
         let mut joins = vec![join];
         let reward = match reward_half {
@@ -158,12 +153,7 @@ impl MixingPlan {
                     scheduler: scheduler.clone(),
                     initial_ppl,
                 };
-                let (actor, join) = match &supervisor {
-                    Some(cell) => {
-                        Actor::spawn_linked(name("reward"), RewardActor, args, cell.clone()).await?
-                    }
-                    None => Actor::spawn(name("reward"), RewardActor, args).await?,
-                };
+                let (actor, join) = spawn(name("reward"), RewardActor, args, &supervisor).await?;
                 joins.push(join);
                 Some(GatedSender::new(
                     actor,
@@ -180,6 +170,19 @@ impl MixingPlan {
             },
             joins,
         })
+    }
+}
+
+/// Spawns `actor`, linked to `supervisor` when there is one.
+async fn spawn<A: Actor>(
+    name: Option<String>,
+    actor: A,
+    args: A::Arguments,
+    supervisor: &Option<ActorCell>,
+) -> Result<(ActorRef<A::Msg>, tokio::task::JoinHandle<()>), SpawnErr> {
+    match supervisor {
+        Some(cell) => Actor::spawn_linked(name, actor, args, cell.clone()).await,
+        None => Actor::spawn(name, actor, args).await,
     }
 }
 

@@ -62,10 +62,7 @@ struct LoaderSlot {
 
 #[derive(Debug)]
 pub(crate) struct SupervisorState {
-    instance: u64,
-    cfg: Arc<Config>,
-    datasets: Vec<Arc<Dataset>>,
-    tokenizer: Arc<Tokenizer>,
+    spawner: LoaderSpawner,
     loaders: Vec<LoaderSlot>,
     live: Arc<LiveSet>,
     mixing: Mixing,
@@ -73,33 +70,57 @@ pub(crate) struct SupervisorState {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-async fn spawn_loader(
-    myself: &ActorRef<SupervisorMsg>,
-    state: (u64, &Config, &[Arc<Dataset>], &Arc<Tokenizer>),
-    i: usize,
-    slot: &LoaderSlot,
-    generation: u32,
-) -> Result<ractor::ActorId, ActorProcessingErr> {
-    let (instance, cfg, datasets, tokenizer) = state;
-    let ds = &datasets[i];
-    let (actor, _) = Actor::spawn_linked(
-        Some(format!("mos-loader-{instance}-{}-{generation}", ds.name)),
-        LoaderActor,
-        LoaderArgs {
-            dataset_index: i,
-            dataset: ds.clone(),
-            tokenizer: tokenizer.clone(),
-            template: cfg.model.chat_template,
-            seq_len: cfg.training.seq_len,
-            seed: crate::seed::stream_seed(cfg.runtime.seed, "data"),
-            start_at: slot.position.load(Ordering::Acquire),
-            position: slot.position.clone(),
-            sender: slot.sender.clone(),
-        },
-        myself.get_cell(),
-    )
-    .await?;
-    Ok(actor.get_id())
+/// What every loader of the run starts from: at start-up and at each restart.
+#[derive(Debug)]
+struct LoaderSpawner {
+    /// Part of every loader's name: ractor names are process-global.
+    instance: u64,
+    cfg: Arc<Config>,
+    datasets: Vec<Arc<Dataset>>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl LoaderSpawner {
+    /// Starts the loader of dataset `i`, linked to the supervisor, at the slot's stream position.
+    async fn spawn(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        i: usize,
+        slot: &LoaderSlot,
+        generation: u32,
+    ) -> Result<ractor::ActorId, ActorProcessingErr> {
+        let cfg = &self.cfg;
+        let ds = &self.datasets[i];
+        let (actor, _) = Actor::spawn_linked(
+            Some(format!(
+                "mos-loader-{}-{}-{generation}",
+                self.instance, ds.name
+            )),
+            LoaderActor,
+            LoaderArgs {
+                dataset_index: i,
+                dataset: ds.clone(),
+                tokenizer: self.tokenizer.clone(),
+                template: cfg.model.chat_template,
+                seq_len: cfg.training.seq_len,
+                seed: crate::seed::stream_seed(cfg.runtime.seed, "data"),
+                start_at: slot.position.load(Ordering::Acquire),
+                position: slot.position.clone(),
+                sender: slot.sender.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(actor.get_id())
+    }
+}
+
+/// Records the first reason the run stops (later ones keep it) and asks the trainer to stop.
+fn stop_run(failure: &Mutex<Option<String>>, control: &Control, why: impl FnOnce() -> String) {
+    if let Ok(mut f) = failure.lock() {
+        f.get_or_insert_with(why);
+    }
+    control.request_stop();
 }
 
 impl Actor for Supervisor {
@@ -112,7 +133,13 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut loaders = Vec::with_capacity(args.datasets.len());
+        let spawner = LoaderSpawner {
+            instance: args.instance,
+            cfg: args.cfg,
+            datasets: args.datasets,
+            tokenizer: args.tokenizer,
+        };
+        let mut loaders = Vec::with_capacity(spawner.datasets.len());
         for (i, tx) in args.senders.into_iter().enumerate() {
             let mut slot = LoaderSlot {
                 id: None,
@@ -120,22 +147,13 @@ impl Actor for Supervisor {
                 sender: tx,
                 restarts: 0,
             };
-            let who = (
-                args.instance,
-                &*args.cfg,
-                &args.datasets[..],
-                &args.tokenizer,
-            );
-            slot.id = Some(spawn_loader(&myself, who, i, &slot, 0).await?);
+            slot.id = Some(spawner.spawn(&myself, i, &slot, 0).await?);
             loaders.push(slot);
         }
         // The pair's tasks end with the actors; being linked, they stop with the supervisor.
         let mixing = args.mixing.spawn(Some(myself.get_cell())).await?.mixing;
         Ok(SupervisorState {
-            instance: args.instance,
-            cfg: args.cfg,
-            datasets: args.datasets,
-            tokenizer: args.tokenizer,
+            spawner,
             loaders,
             live: args.live,
             mixing,
@@ -158,15 +176,13 @@ impl Actor for Supervisor {
                 if state.control.stop_requested() {
                     return Ok(());
                 }
-                let name = state.datasets[i].name.clone();
+                let name = state.spawner.datasets[i].name.clone();
                 let generation = state.loaders[i].restarts;
-                let who = (
-                    state.instance,
-                    &*state.cfg,
-                    &state.datasets[..],
-                    &state.tokenizer,
-                );
-                match spawn_loader(&myself, who, i, &state.loaders[i], generation).await {
+                match state
+                    .spawner
+                    .spawn(&myself, i, &state.loaders[i], generation)
+                    .await
+                {
                     Ok(id) => {
                         state.loaders[i].id = Some(id);
                         state.live.set_live(i);
@@ -203,10 +219,7 @@ impl Actor for Supervisor {
                 }
                 let name = who.get_name().unwrap_or_else(|| "actor".to_string());
                 tracing::error!(actor = %name, error = %err, "actor failed: stopping the run");
-                if let Ok(mut f) = state.failure.lock() {
-                    f.get_or_insert_with(|| format!("{name}: {err}"));
-                }
-                state.control.request_stop();
+                stop_run(&state.failure, &state.control, || format!("{name}: {err}"));
             }
             SupervisionEvent::ActorTerminated(who, _, reason) => {
                 tracing::debug!(actor = ?who.get_name(), ?reason, "actor stopped");
@@ -230,8 +243,8 @@ impl Supervisor {
         i: usize,
         err: &str,
     ) {
-        let cfg = &state.cfg;
-        let name = state.datasets[i].name.clone();
+        let cfg = &state.spawner.cfg;
+        let name = state.spawner.datasets[i].name.clone();
         state.live.set_restarting(i);
         let slot = &mut state.loaders[i];
         slot.restarts += 1;
@@ -242,23 +255,19 @@ impl Supervisor {
                     metrics::counter!(crate::telemetry::DATASETS_DROPPED).increment(1);
                     tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: dataset dropped (data.on_loader_failure = \"drop\"); training goes on over the others");
                     if !state.live.any_usable() {
-                        if let Ok(mut f) = state.failure.lock() {
-                            f.get_or_insert_with(|| "every dataset was dropped".to_string());
-                        }
-                        state.control.request_stop();
+                        stop_run(&state.failure, &state.control, || {
+                            "every dataset was dropped".to_string()
+                        });
                     }
                 }
                 LoaderFailureAction::Stop => {
                     tracing::error!(dataset = %name, failures = slot.restarts, error = err, "loader keeps failing: stopping the run (data.on_loader_failure = \"stop\")");
-                    if let Ok(mut f) = state.failure.lock() {
-                        f.get_or_insert_with(|| {
-                            format!(
-                                "the loader of dataset `{name}` failed {} times (data.max_loader_restarts = {}): {err}",
-                                slot.restarts, cfg.data.max_loader_restarts
-                            )
-                        });
-                    }
-                    state.control.request_stop();
+                    stop_run(&state.failure, &state.control, || {
+                        format!(
+                            "the loader of dataset `{name}` failed {} times (data.max_loader_restarts = {}): {err}",
+                            slot.restarts, cfg.data.max_loader_restarts
+                        )
+                    });
                 }
             }
         } else {

@@ -141,4 +141,4 @@ pub enum DataError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

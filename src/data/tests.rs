@@ -29,7 +29,7 @@ fn ds_cfg(path: PathBuf, format: DatasetFormat) -> DatasetConfig {
     }
 }
 
-fn byte_tok() -> Tokenizer {
+pub(crate) fn byte_tok() -> Tokenizer {
     Tokenizer::from_config(&ModelConfig::default()).unwrap()
 }
 
@@ -374,7 +374,8 @@ fn probe_indices_are_distinct_sorted_and_their_own_stream() {
     assert!(probe_indices(0, 64, 9, 2).is_empty());
 }
 
-fn small_dataset(n: usize) -> Dataset {
+/// A dataset of `n` prompt/response records (also used by the loader actor's tests).
+pub(crate) fn small_dataset(n: usize) -> Dataset {
     Dataset {
         name: "small".into(),
         path: "small.jsonl".into(),
