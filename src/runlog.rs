@@ -78,15 +78,17 @@ pub enum RunRecord {
 }
 
 /// One line of `samples.jsonl` (`runtime.trace_samples`): the (dataset, record index) pairs of
-/// one step's batch and the mixture version they were drawn under.
+/// one step's batch and the mixture version they were drawn under. The pairs are borrowed when
+/// written (the trainer writes one record per step and need not copy its batch) and owned when
+/// read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleRecord {
+pub struct SampleRecord<'a> {
     /// Steps completed (this batch's step).
     pub step: u64,
     /// Version of the mixture the batch was drawn from.
     pub mixture_version: u64,
     /// (dataset index, record index) per example, in batch order.
-    pub samples: Vec<(usize, u32)>,
+    pub samples: std::borrow::Cow<'a, [(usize, u32)]>,
 }
 
 /// Exact-match result of one dataset (also a `run.jsonl` record of kind `exact_match`).

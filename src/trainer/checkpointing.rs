@@ -29,7 +29,23 @@ pub(super) struct Parts<'a> {
     pub(super) batcher: &'a Batcher,
     pub(super) link: &'a Link,
     pub(super) progress: &'a Progress,
-    pub(super) probe_ids: &'a [Vec<u32>],
+}
+
+impl<'a> Parts<'a> {
+    /// The parts at `step`.
+    pub(super) fn new(
+        step: u64,
+        batcher: &'a Batcher,
+        link: &'a Link,
+        progress: &'a Progress,
+    ) -> Self {
+        Self {
+            step,
+            batcher,
+            link,
+            progress,
+        }
+    }
 }
 
 impl Checkpoints {
@@ -98,7 +114,7 @@ fn write<L: Learner>(
         cursors: b.cursors.clone(),
         active: (*parts.link.active).clone(),
         target_version: parts.link.target_version,
-        probe_ids: parts.probe_ids.to_vec(),
+        probe_ids: parts.link.probe_ids.clone(),
         logs: LogLengths {
             run: run_len,
             samples: samples_len,

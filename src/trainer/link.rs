@@ -43,6 +43,9 @@ pub(super) struct Link {
     pub(super) active: Arc<MixtureSnapshot>,
     /// The version the next adoption expects: reports sent so far.
     pub(super) target_version: u64,
+    /// Per dataset, the train-record indices of its probe set (MoS; empty otherwise). A
+    /// checkpoint records them: the theta_0 perplexities belong to those examples.
+    pub(super) probe_ids: Vec<Vec<u32>>,
     late: metrics::Counter,
 }
 
@@ -51,13 +54,17 @@ impl Link {
     pub(super) fn new(
         cfg: &Config,
         mixing: Mixing,
-        probe_sets: Option<FixedSets>,
+        probes: Option<(Vec<Vec<u32>>, FixedSets)>,
         resumed: Option<&RunState>,
     ) -> Self {
         // An update's probe pass computes only what the reward reads.
         let need = match cfg.scheduler.reward {
             RewardKind::Cossim => ProbeNeed::Embeddings,
             RewardKind::Diff => ProbeNeed::Nll,
+        };
+        let (probe_ids, probes) = match probes {
+            Some((ids, sets)) => (ids, Some((sets, need))),
+            None => (Vec::new(), None),
         };
         let active = match resumed {
             Some(r) => Arc::new(r.active.clone()),
@@ -67,7 +74,8 @@ impl Link {
             target_version: resumed.map_or(active.version, |r| r.target_version),
             active,
             deterministic: cfg.runtime.deterministic,
-            probes: probe_sets.map(|s| (s, need)),
+            probe_ids,
+            probes,
             mixing,
             late: metrics::counter!(telemetry::MIXTURE_LATE),
         }

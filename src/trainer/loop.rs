@@ -112,11 +112,11 @@ pub fn run_with_learner<L: Learner>(
     let names: Vec<String> = ctx.datasets.iter().map(|d| d.name.clone()).collect();
     let eval_sets = sets::eval_sets(&cfg, &ctx.datasets, &ctx.tokenizer);
     let mos = cfg.scheduler.strategy == Strategy::Mos;
-    let probe_ids = match mos {
-        true => sets::probe_ids(&cfg, &ctx.datasets, resumed.map(|r| &r.probe_ids[..])),
-        false => Vec::new(),
-    };
-    let probe_sets = mos.then(|| sets::probe_sets(&cfg, &ctx.datasets, &ctx.tokenizer, &probe_ids));
+    let probes = mos.then(|| {
+        let ids = sets::probe_ids(&cfg, &ctx.datasets, resumed.map(|r| &r.probe_ids[..]));
+        let sets = sets::probe_sets(&cfg, &ctx.datasets, &ctx.tokenizer, &ids);
+        (ids, sets)
+    });
     let mut batcher = Batcher::new(
         &cfg,
         names.clone(),
@@ -125,7 +125,7 @@ pub fn run_with_learner<L: Learner>(
         resumed,
         ctx.rollbacks,
     );
-    let mut link = Link::new(&cfg, ctx.mixing.clone(), probe_sets, resumed);
+    let mut link = Link::new(&cfg, ctx.mixing.clone(), probes, resumed);
     if ctx.resume.as_ref().is_none_or(|r| r.needs_initial_probe) {
         // theta_0 perplexities, computed once; the reward actor keeps them.
         link.initial_probe(&trainer, batcher.counts.clone());
@@ -195,14 +195,7 @@ pub fn run_with_learner<L: Learner>(
             && step.is_multiple_of(cfg.runtime.checkpoint_every)
             && step < max_steps;
         if periodic || ctx.control.take_checkpoint_request() {
-            let parts = Parts {
-                step,
-                batcher: &batcher,
-                link: &link,
-                progress: &progress,
-                probe_ids: &probe_ids,
-            };
-            checkpoints.write(&trainer, &ctx, parts);
+            checkpoints.write(&trainer, &ctx, Parts::new(step, &batcher, &link, &progress));
         }
     }
 
@@ -230,14 +223,7 @@ pub fn run_with_learner<L: Learner>(
     // A final checkpoint, on a stop request (SIGTERM) as at the normal end, so that a restart
     // continues (or a longer max_steps extends the run) from here.
     if checkpoints.last_step != Some(step) {
-        let parts = Parts {
-            step,
-            batcher: &batcher,
-            link: &link,
-            progress: &progress,
-            probe_ids: &probe_ids,
-        };
-        checkpoints.write(&trainer, &ctx, parts);
+        checkpoints.write(&trainer, &ctx, Parts::new(step, &batcher, &link, &progress));
     }
     save_outputs(&trainer, &ctx)?;
     let (seconds, tokens_per_second) = progress.throughput();

@@ -127,7 +127,7 @@ impl Progress {
                 .write(&SampleRecord {
                     step,
                     mixture_version: version,
-                    samples: drawn.to_vec(),
+                    samples: drawn.into(),
                 })
                 .map_err(TrainerError::Log)?;
         }
