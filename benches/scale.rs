@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{median, percentile, progress, quick, rss_bytes, table, verdict_at_most};
-use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, Strategy as Mixing};
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg};
 use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Strategy};
 use mos_runtime::mixture::{MosScheduler, ProbeInput};
 use mos_runtime::runtime::prepare;
@@ -123,7 +123,7 @@ async fn actor_latency(n: usize, reward: RewardKind, reps: usize, tmp: &Path) ->
         sizes,
         settings,
         seed,
-        Mixing::Mos(Box::new(mos)),
+        mos_runtime::mixture::Strategy::Mos(Box::new(mos)),
         log_path,
     )
     .spawn(None)

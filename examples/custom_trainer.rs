@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, SendError, Strategy as Mixing};
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, SendError};
 use mos_runtime::config::{RewardKind, SchedulerConfig, Strategy};
 use mos_runtime::mixture::{MixtureSampler, MosScheduler};
 use mos_runtime::seed::stream_seed;
@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sizes,
         settings,
         seed,
-        Mixing::Mos(Box::new(mos)),
+        mos_runtime::mixture::Strategy::Mos(Box::new(mos)),
         log_path.clone(),
     )
     .spawn(None)

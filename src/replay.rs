@@ -7,9 +7,8 @@
 
 use std::path::Path;
 
-use crate::config::Strategy;
 use crate::mixture::MixtureLogLine;
-use crate::mixture::{MixtureError, MosScheduler};
+use crate::mixture::{MixtureError, MixtureStrategy, Strategy};
 use crate::runlog::{read_all, LogError};
 
 /// Why a replay could not run or did not reproduce the log.
@@ -64,20 +63,8 @@ pub fn replay(path: &Path) -> Result<ReplayReport, ReplayError> {
             None => return Err(ReplayError::NoStart(path.display().to_string())),
         }
     };
-    let mut mos = if start.scheduler.strategy == Strategy::Mos {
-        Some(MosScheduler::new(
-            &start.scheduler,
-            &start.sizes,
-            start.target,
-            start.seed,
-        )?)
-    } else {
-        None
-    };
-    let mut current = match &mos {
-        Some(m) => m.probs(),
-        None => start.prior.clone(),
-    };
+    let mut strategy = Strategy::from_start(&start)?;
+    let mut current = strategy.probs();
     let (mut updates, mut learned) = (0, 0);
     for line in iter {
         let MixtureLogLine::Update(u) = line else {
@@ -92,14 +79,8 @@ pub fn replay(path: &Path) -> Result<ReplayReport, ReplayError> {
                 recomputed: current,
             });
         }
-        let next = match (&mut mos, u.reward) {
-            (Some(m), Some(_)) => {
-                learned += 1;
-                m.update(&u.smoothed).unwrap_or_else(|_| m.probs())
-            }
-            (Some(m), None) => m.probs(),
-            (None, _) => current.clone(),
-        };
+        let (next, learnt) = strategy.replay(&u);
+        learned += usize::from(learnt);
         if !same_bits(&u.after, &next) {
             return Err(ReplayError::Mismatch {
                 index: updates,

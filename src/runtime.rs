@@ -14,7 +14,6 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
-use crate::actors::scheduler::Strategy;
 use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Mixing, MixingPlan, ResumedMixing};
 
@@ -22,7 +21,7 @@ use crate::checkpoint::{self, ActorState, RunState};
 use crate::config::{Backend, Config, ConfigError, Strategy as StrategyKind};
 use crate::control::{Control, LiveSet};
 use crate::data::{load_dataset, DataError, Dataset, Tokenizer};
-use crate::mixture::{q_tau, static_mixture, MixtureError, MixtureSnapshot, MosScheduler};
+use crate::mixture::{q_tau, static_mixture, MixtureError, MixtureSnapshot, Strategy};
 use crate::seed::stream_seed;
 use crate::trainer::{
     run_training, run_with_learner, BoxError, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
@@ -238,19 +237,16 @@ impl Runtime {
             .target
             .as_deref()
             .and_then(|t| cfg.dataset_index(t));
-        let mos = match &actor_state {
-            Some(a) => a.scheduler.clone(),
-            None if cfg.scheduler.strategy == StrategyKind::Mos => Some(MosScheduler::new(
+        // A checkpointed strategy continues; one without state is rebuilt from the config.
+        let strategy = match actor_state.as_ref().and_then(|a| a.scheduler.clone()) {
+            Some(s) => s,
+            None => Strategy::new(
                 &cfg.scheduler,
                 &p.sizes,
                 target,
                 stream_seed(cfg.runtime.seed, "scheduler"),
-            )?),
-            None => None,
-        };
-        let strategy = match mos {
-            Some(m) => Strategy::Mos(Box::new(m)),
-            None => Strategy::Static(p.prior.clone()),
+                &p.prior,
+            )?,
         };
         // ractor names are process-global; a per-instance suffix lets a host run several
         // runtimes (or tests run in parallel) without name clashes.
@@ -712,8 +708,8 @@ fn remap(
         .target
         .as_deref()
         .and_then(|t| cfg.dataset_index(t));
-    let scheduler = match actors.scheduler {
-        Some(_) => Some(MosScheduler::from_mixture(
+    let scheduler = match &actors.scheduler {
+        Some(s) => Some(s.restarted_from(
             &cfg.scheduler,
             &latest.weights,
             target,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg, Strategy as Mixing};
+use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg};
 use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Secret, Strategy};
 use mos_runtime::mixture::{MixtureLogLine, MosScheduler, StartRecord, UpdateRecord};
 use mos_runtime::seed::stream_seed;
@@ -712,7 +712,7 @@ fn run_actors(
                 SIZES.to_vec(),
                 settings.clone(),
                 seed,
-                Mixing::Mos(Box::new(mos)),
+                mos_runtime::mixture::Strategy::Mos(Box::new(mos)),
                 log.to_path_buf(),
             )
         }

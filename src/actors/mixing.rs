@@ -13,9 +13,11 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use super::gate::{GatedSender, ReportGate};
 use super::reward::{RewardActor, RewardArgs, RewardMsg};
-use super::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg, Strategy};
+use super::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg};
 use crate::config::SchedulerConfig;
-use crate::mixture::{export_weights, MixtureBoard, MixtureSnapshot, MosScheduler, StartRecord};
+use crate::mixture::{
+    export_weights, MixtureBoard, MixtureSnapshot, MixtureStrategy, Needs, StartRecord, Strategy,
+};
 
 /// Reports in flight towards the scheduler before the trainer's ticks are dropped.
 pub const SCHEDULER_CAPACITY: usize = 4;
@@ -28,8 +30,8 @@ pub const REWARD_CAPACITY: usize = 2;
 pub struct ResumedMixing {
     /// The mixture published last before the checkpoint (the board starts from it).
     pub latest: MixtureSnapshot,
-    /// The reward actor's estimator (its EMA state).
-    pub estimator: Option<MosScheduler>,
+    /// The reward actor's estimator (MoS: its EMA state).
+    pub estimator: Option<Strategy>,
     /// The theta_0 probe perplexities.
     pub initial_ppl: Option<Vec<Vec<f64>>>,
 }
@@ -94,10 +96,7 @@ impl MixingPlan {
 
     /// The mixture published at start-up.
     pub fn prior(&self) -> Vec<f64> {
-        match &self.strategy {
-            Strategy::Mos(m) => m.probs(),
-            Strategy::Static(w) => w.clone(),
-        }
+        self.strategy.probs()
     }
 
     /// Spawns the scheduler (and, under MoS, the reward actor), linked to `supervisor` when
@@ -115,15 +114,14 @@ impl MixingPlan {
             },
         });
         export_weights(&board.load());
-        let reward_half = match &self.strategy {
-            Strategy::Mos(m) => Some(
-                self.resumed
-                    .as_ref()
-                    .and_then(|r| r.estimator.clone())
-                    .unwrap_or_else(|| (**m).clone()),
-            ),
-            Strategy::Static(_) => None,
-        };
+        // A reward actor runs only for a strategy that reads probe statistics.
+        let needs = self.strategy.needs();
+        let reward_half = needs.probe.is_some().then(|| {
+            self.resumed
+                .as_ref()
+                .and_then(|r| r.estimator.clone())
+                .unwrap_or_else(|| self.strategy.clone())
+        });
         let initial_ppl = self.resumed.as_ref().and_then(|r| r.initial_ppl.clone());
         let name = |role: &str| self.name_suffix.as_ref().map(|s| format!("mos-{role}-{s}"));
         let args = SchedulerArgs {
@@ -149,7 +147,6 @@ impl MixingPlan {
             Some(estimator) => {
                 let args = RewardArgs {
                     estimator: Box::new(estimator),
-                    reward: self.settings.reward,
                     scheduler: scheduler.clone(),
                     initial_ppl,
                 };
@@ -164,6 +161,7 @@ impl MixingPlan {
         };
         Ok(MixingActors {
             mixing: Mixing {
+                needs,
                 board,
                 scheduler,
                 reward,
@@ -189,6 +187,8 @@ async fn spawn<A: Actor>(
 /// How to reach the running pair: cheap to clone, handed to the trainer and the runtime handle.
 #[derive(Debug, Clone)]
 pub struct Mixing {
+    /// What the strategy's updates read: the trainer gathers exactly that.
+    pub needs: Needs,
     /// Where mixtures are published.
     pub board: MixtureBoard,
     /// The scheduler (ticks of static strategies; the reward actor's forwards).

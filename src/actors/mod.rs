@@ -20,4 +20,4 @@ pub use gate::{Gated, GatedSender, ReportGate, SendError, Slot};
 pub use loader::{LoaderActor, LoaderArgs, LoaderMsg, LoaderState, LoaderStats};
 pub use mixing::{Mixing, MixingActors, MixingPlan, ResumedMixing};
 pub use reward::{ProbeReport, RewardActor, RewardArgs, RewardMsg};
-pub use scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg, SnapshotReply, Strategy};
+pub use scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg, SnapshotReply};

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::gate::{Gated, GatedSender};
 use super::scheduler::{SchedulerMsg, SnapshotReply};
 use crate::config::RewardKind;
-use crate::mixture::{mean_embedding, MosScheduler, ProbeInput};
+use crate::mixture::{mean_embedding, MixtureStrategy, ProbeInput, Strategy};
 
 /// Probe statistics of one probe pass.
 #[derive(Debug, Clone)]
@@ -45,10 +45,9 @@ pub enum RewardMsg {
 /// Start-up arguments.
 #[derive(Debug)]
 pub struct RewardArgs {
-    /// Holds the reward settings and the EMA state (its scorer half is unused here).
-    pub estimator: Box<MosScheduler>,
-    /// Reward family.
-    pub reward: RewardKind,
+    /// The estimator's copy of the strategy: it turns probe statistics into update inputs
+    /// (MoS: the reward settings and the EMA state; its scorer half is unused here).
+    pub estimator: Box<Strategy>,
     /// Where rewards go. Every forward is admitted whatever the number in flight: a reward
     /// the trainer's report already paid for must not be lost.
     pub scheduler: GatedSender<SchedulerMsg>,
@@ -127,7 +126,10 @@ impl Actor for RewardActor {
             }
             return Ok(());
         }
-        let input = match state.args.reward {
+        let Some(kind) = state.args.estimator.needs().probe else {
+            return Err("a probe report reached a strategy that reads no probe statistics".into());
+        };
+        let input = match kind {
             RewardKind::Cossim => ProbeInput::Embeddings(
                 report
                     .embeddings
@@ -142,7 +144,7 @@ impl Actor for RewardActor {
                 ProbeInput::Perplexities { now: ppl, initial }
             }
         };
-        let outcome = match state.args.estimator.rewards_from_probes(&input) {
+        let input = match state.args.estimator.estimate(&input) {
             Ok(o) => o,
             Err(e) => {
                 // A NaN perplexity (diverged model) must not poison the EMA or the scorer: the
@@ -159,8 +161,7 @@ impl Actor for RewardActor {
         };
         let _ = state.args.scheduler.send(SchedulerMsg::Rewards {
             step: report.step,
-            raw: outcome.raw,
-            smoothed: outcome.smoothed,
+            input,
             counts: report.counts,
         });
         Ok(())

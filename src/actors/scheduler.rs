@@ -16,32 +16,21 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::gate::Gated;
 use crate::config::RewardKind;
 use crate::mixture::{
-    reward_label, MixtureBoard, MixtureLogLine, MosScheduler, StartRecord, UpdateRecord,
+    reward_label, MixtureBoard, MixtureError, MixtureLogLine, MixtureStrategy, StartRecord,
+    Strategy, UpdateInput, UpdateRecord,
 };
 use crate::runlog::JsonlWriter;
 use crate::telemetry;
 
-/// What the scheduler does at each update.
-#[derive(Debug)]
-pub enum Strategy {
-    /// A fixed mixture (uniform, proportional, temperature, fixed): each tick re-publishes it so
-    /// that every strategy goes through the same publish path and log.
-    Static(Vec<f64>),
-    /// The learned MoS mixture.
-    Mos(Box<MosScheduler>),
-}
-
 /// Messages of the scheduler actor.
 #[derive(Debug)]
 pub enum SchedulerMsg {
-    /// Rewards computed by the reward actor for the probe at `step`.
+    /// An update's input, estimated by the reward actor from the probe at `step`.
     Rewards {
         /// Training step of the probe.
         step: u64,
-        /// Raw rewards.
-        raw: Vec<f64>,
-        /// Smoothed rewards (used by the update).
-        smoothed: Vec<f64>,
+        /// The rewards the update applies.
+        input: UpdateInput,
         /// Examples drawn per dataset since the previous update.
         counts: Vec<u64>,
     },
@@ -59,7 +48,7 @@ pub enum SchedulerMsg {
     /// forwards the request; the reply goes straight to the trainer.
     Snapshot {
         /// The reward actor's estimator (its EMA), if any.
-        estimator: Option<Box<MosScheduler>>,
+        estimator: Option<Box<Strategy>>,
         /// The theta_0 probe perplexities held by the reward actor.
         initial_ppl: Option<Vec<Vec<f64>>>,
         /// Where the captured state goes.
@@ -82,7 +71,7 @@ pub struct SnapshotReply {
 /// Start-up arguments of the scheduler actor.
 #[derive(Debug)]
 pub struct SchedulerArgs {
-    /// The strategy and its state.
+    /// The strategy and its state (the copy that applies updates).
     pub strategy: Strategy,
     /// Where mixtures are published.
     pub board: MixtureBoard,
@@ -146,10 +135,8 @@ impl Actor for SchedulerActor {
                 initial_ppl,
                 reply,
             } => {
-                let scheduler = match &args.strategy {
-                    Strategy::Mos(m) => Some((**m).clone()),
-                    Strategy::Static(_) => None,
-                };
+                // A strategy without state is rebuilt from the config on resume.
+                let scheduler = args.strategy.has_state().then(|| args.strategy.clone());
                 let snapshot = SnapshotReply {
                     state: crate::checkpoint::ActorState {
                         scheduler,
@@ -169,40 +156,36 @@ impl Actor for SchedulerActor {
             tokio::time::sleep(args.debug_delay).await;
         }
         let before = args.board.load();
-        let (step, raw, smoothed, counts, after, reward) = match (msg, &mut args.strategy) {
-            (
-                SchedulerMsg::Rewards {
-                    step,
-                    raw,
-                    smoothed,
-                    counts,
-                },
-                Strategy::Mos(mos),
-            ) => {
-                // The REINFORCE update is a few hundred Adam steps over N floats: microseconds to
-                // a few milliseconds, fine on a tokio worker. Invalid rewards (NaN from a diverged
-                // model) leave the scorer untouched: the mixture is kept and the problem logged.
-                let after = match mos.update(&smoothed) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(step, error = %e, "scheduler update rejected: mixture kept");
-                        mos.probs()
-                    }
-                };
-                (step, raw, smoothed, counts, after, Some(args.reward))
-            }
-            (SchedulerMsg::Tick { step, counts }, Strategy::Static(w)) => {
-                (step, vec![], vec![], counts, w.clone(), None)
-            }
-            (SchedulerMsg::Tick { step, counts }, Strategy::Mos(mos)) => {
-                // A tick under MoS means the probe report was dropped: keep the mixture.
-                (step, vec![], vec![], counts, mos.probs(), None)
-            }
-            (SchedulerMsg::Rewards { step, counts, .. }, Strategy::Static(w)) => {
-                (step, vec![], vec![], counts, w.clone(), None)
-            }
+        let (step, input, counts) = match msg {
+            SchedulerMsg::Rewards {
+                step,
+                input,
+                counts,
+            } => (step, Some(input), counts),
+            // A tick means a static strategy's boundary, or a probe report that was dropped or
+            // rejected: the mixture is kept.
+            SchedulerMsg::Tick { step, counts } => (step, None, counts),
             // Answered before the delay above; nothing to publish.
-            (SchedulerMsg::Snapshot { .. } | SchedulerMsg::Flush(_), _) => return Ok(()),
+            SchedulerMsg::Snapshot { .. } | SchedulerMsg::Flush(_) => return Ok(()),
+        };
+        // An update is a few hundred Adam steps over N floats: microseconds to a few
+        // milliseconds, fine on a tokio worker. A refused input (NaN from a diverged model)
+        // leaves the strategy untouched: the mixture is kept and the problem logged.
+        let (after, input) = match input {
+            Some(input) => match args.strategy.apply(&input) {
+                Ok(p) => (p, Some(input)),
+                // Rewards for a strategy that learns nothing publish it unchanged, as a tick.
+                Err(MixtureError::NotLearned) => (args.strategy.probs(), None),
+                Err(e) => {
+                    tracing::warn!(step, error = %e, "scheduler update rejected: mixture kept");
+                    (args.strategy.probs(), Some(input))
+                }
+            },
+            None => (args.strategy.probs(), None),
+        };
+        let (reward, raw, smoothed) = match input {
+            Some(i) => (Some(i.reward), i.raw, i.smoothed),
+            None => (None, Vec::new(), Vec::new()),
         };
         if let Some(kind) = reward {
             let label = reward_label(kind);

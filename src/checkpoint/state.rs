@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::mixture::{MixtureSampler, MixtureSnapshot, MosScheduler};
+use crate::mixture::{MixtureSampler, MixtureSnapshot, Strategy};
 use crate::model::LlamaConfig;
 
 /// Byte lengths of the run's append-only logs when the checkpoint was taken. On resume each log
@@ -53,10 +53,11 @@ pub struct RunState {
 /// trainer sent before the checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActorState {
-    /// The scheduler's MoS state (scorer, Adam moments, update count); None for static mixtures.
-    pub scheduler: Option<MosScheduler>,
-    /// The reward actor's estimator (its EMA state); None for static mixtures.
-    pub estimator: Option<MosScheduler>,
+    /// The scheduler's strategy state (MoS: scorer, Adam moments, update count); None for a
+    /// strategy without state, which is rebuilt from the config.
+    pub scheduler: Option<Strategy>,
+    /// The reward actor's estimator (MoS: its EMA state); None without a reward actor.
+    pub estimator: Option<Strategy>,
     /// exp(NLL) of every probe example under theta_0.
     pub initial_ppl: Option<Vec<Vec<f64>>>,
     /// The latest published mixture.

@@ -24,6 +24,7 @@ mod rewards;
 mod sampler;
 mod scheduler_state;
 mod scorer;
+mod strategy;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use rewards::{
 pub use sampler::MixtureSampler;
 pub use scheduler_state::{MosScheduler, ProbeInput, RewardOutcome};
 pub use scorer::{MlpScorer, Scorer, MLP_FIT_MAX_ITERS, MLP_FIT_MSE, MLP_HIDDEN};
+pub use strategy::{MixtureStrategy, Needs, StaticMixture, Strategy, UpdateInput};
 
 use crate::config::RewardKind;
 
@@ -132,6 +134,9 @@ pub enum MixtureError {
     /// scheduler state was left as it was.
     #[error("the scorer update overflowed (rewards too large); the mixture was kept")]
     UpdateDiverged,
+    /// Statistics were handed to a strategy that learns nothing from them (a static mixture).
+    #[error("this strategy does not learn: it takes no statistics and no update input")]
+    NotLearned,
     /// A scheduler setting is out of range.
     #[error("invalid scheduler setting `{key}`: {message}")]
     InvalidSetting {

@@ -1,5 +1,5 @@
 //! The service's state machine, without HTTP: registration, updates and the history around one
-//! [`MosScheduler`]. The HTTP layer (`http.rs`) only parses, authenticates and maps errors.
+//! [`Strategy`] (the MoS scheduler). The HTTP layer (`http.rs`) only parses, authenticates and maps errors.
 //!
 //! Guarantees:
 //! - Every write is all-or-nothing: an update is computed on a copy of the scheduler and committed
@@ -9,8 +9,8 @@
 //!   consecutive (1, 2, 3, ...) and the version equals the number of accepted updates.
 //! - Reads of the mixture never take the mutex: they load the latest snapshot from a
 //!   [`MixtureBoard`] (an `ArcSwap`), so a slow update never delays a reader.
-//! - The arithmetic is the built-in path's: `MosScheduler::rewards_from_probes` then
-//!   `MosScheduler::update`, with perplexities computed from NLLs as the reward actor computes
+//! - The arithmetic is the built-in path's: `MixtureStrategy::estimate` then
+//!   `MixtureStrategy::apply`, with perplexities computed from NLLs as the reward actor computes
 //!   them, so the same statistics give bit-identical mixtures.
 //! - Nothing survives a restart except the optional `mixture.jsonl` (which `replay` checks).
 
@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{RewardKind, SchedulerConfig};
 use crate::mixture::{MixtureBoard, MixtureLogLine, MixtureSnapshot, StartRecord, UpdateRecord};
-use crate::mixture::{MixtureError, MosScheduler, ProbeInput, REWARD_FLOOR};
+use crate::mixture::{
+    MixtureError, MixtureStrategy, ProbeInput, Strategy, UpdateInput, REWARD_FLOOR,
+};
 use crate::runlog::JsonlWriter;
 
 use super::api::{
@@ -82,7 +84,7 @@ struct Registered {
 /// The mutable half, behind the mutex.
 #[derive(Debug)]
 struct Inner {
-    mos: Option<MosScheduler>,
+    strategy: Option<Strategy>,
     history: Vec<UpdateRecord>,
     log: Option<JsonlWriter>,
 }
@@ -117,7 +119,7 @@ impl ServiceCore {
             log_path: log_path.map(Path::to_path_buf),
             registered: OnceLock::new(),
             inner: Mutex::new(Inner {
-                mos: None,
+                strategy: None,
                 history: Vec::new(),
                 log: None,
             }),
@@ -212,14 +214,14 @@ impl ServiceCore {
             })?),
             None => None,
         };
-        let mos = MosScheduler::new(&self.settings, &sizes, target, self.seed).map_err(|e| {
+        let mut scheduler = self.settings.clone();
+        scheduler.strategy = crate::config::Strategy::Mos;
+        let mos = Strategy::new(&scheduler, &sizes, target, self.seed, &[]).map_err(|e| {
             ApiError::Invalid(match e {
                 MixtureError::AllEmpty => "datasets[].size: every size is 0".to_string(),
                 other => format!("datasets: {other}"),
             })
         })?;
-        let mut scheduler = self.settings.clone();
-        scheduler.strategy = crate::config::Strategy::Mos;
         let start = StartRecord {
             names: names.clone(),
             sizes,
@@ -247,7 +249,7 @@ impl ServiceCore {
         });
         crate::mixture::export_weights(&board.load());
         let snap = board.load();
-        inner.mos = Some(mos);
+        inner.strategy = Some(mos);
         inner.log = log;
         // Set last, under the lock: a reader that sees the registration sees a scheduler too.
         let _ = self.registered.set(Registered { start, board });
@@ -284,10 +286,12 @@ impl ServiceCore {
                     .into(),
             ));
         }
-        let Some(current) = inner.mos.as_ref() else {
+        let Some(current) = inner.strategy.as_ref() else {
             return Err(not_registered());
         };
-        let kind = current.reward_kind();
+        let Some(kind) = current.needs().probe else {
+            return Err(not_registered());
+        };
         // All the work happens on a copy; the shared state changes only after every check.
         let mut next = current.clone();
         let (raw, smoothed) = if let Some(r) = &req.rewards {
@@ -298,7 +302,7 @@ impl ServiceCore {
         } else {
             let (field, input) = probe_input(req, kind, n, order.as_deref())?;
             let outcome = next
-                .rewards_from_probes(&input)
+                .estimate(&input)
                 .map_err(|e| probe_error(field, e, names))?;
             (outcome.raw, outcome.smoothed)
         };
@@ -317,14 +321,15 @@ impl ServiceCore {
         if !total.is_finite() {
             return Err(overflow());
         }
+        let input = UpdateInput {
+            reward: kind,
+            raw,
+            smoothed,
+        };
         let after = next
-            .update(&smoothed)
+            .apply(&input)
             .map_err(|e| probe_error("rewards", e, names))?;
-        if after
-            .iter()
-            .chain(&next.scorer().logits())
-            .any(|x| !x.is_finite())
-        {
+        if !next.is_finite() || after.iter().any(|x| !x.is_finite()) {
             return Err(overflow());
         }
         let before = reg.board.load();
@@ -335,8 +340,8 @@ impl ServiceCore {
             before: before.weights.clone(),
             after: after.clone(),
             reward: Some(kind),
-            raw,
-            smoothed,
+            raw: input.raw,
+            smoothed: input.smoothed,
             counts,
             names: names.clone(),
         };
@@ -346,7 +351,7 @@ impl ServiceCore {
                     ApiError::Internal(format!("mixture log: {e}; the update was not applied"))
                 })?;
         }
-        inner.mos = Some(next);
+        inner.strategy = Some(next);
         inner.history.push(record.clone());
         reg.board.publish(record.step, after);
         Ok(record)

@@ -5,7 +5,7 @@
 //! A client registers its datasets once (names and sizes: they define the prior), then per update
 //! posts probe statistics (per-example NLLs or perplexities for DIFF, per-dataset embeddings for
 //! COSSIM) or ready-made rewards, and reads the mixture back. The maths is the built-in path's
-//! [`crate::mixture::MosScheduler`], so the same statistics give bit-identical mixtures.
+//! [`crate::mixture::Strategy`], so the same statistics give bit-identical mixtures.
 //! `docs/openapi.yaml` describes every endpoint; `clients/python/mos_client.py` is a client.
 //!
 //! Guarantees (see `core.rs` for how they are kept):

@@ -58,9 +58,9 @@ impl Link {
         resumed: Option<&RunState>,
     ) -> Self {
         // An update's probe pass computes only what the reward reads.
-        let need = match cfg.scheduler.reward {
-            RewardKind::Cossim => ProbeNeed::Embeddings,
-            RewardKind::Diff => ProbeNeed::Nll,
+        let need = match mixing.needs.probe {
+            Some(RewardKind::Cossim) => ProbeNeed::Embeddings,
+            Some(RewardKind::Diff) | None => ProbeNeed::Nll,
         };
         let (probe_ids, probes) = match probes {
             Some((ids, sets)) => (ids, Some((sets, need))),

@@ -18,7 +18,7 @@ use super::progress::{Health, Progress};
 use super::{sets, Learner, TrainerError};
 use crate::actors::Mixing;
 use crate::checkpoint::RunState;
-use crate::config::{Config, NonFiniteAction, Strategy};
+use crate::config::{Config, NonFiniteAction};
 use crate::control::{Control, LiveSet};
 use crate::data::{Dataset, Example, Tokenizer};
 use crate::model::LlamaConfig;
@@ -111,8 +111,8 @@ pub fn run_with_learner<L: Learner>(
     let resumed = resumed.as_ref();
     let names: Vec<String> = ctx.datasets.iter().map(|d| d.name.clone()).collect();
     let eval_sets = sets::eval_sets(&cfg, &ctx.datasets, &ctx.tokenizer);
-    let mos = cfg.scheduler.strategy == Strategy::Mos;
-    let probes = mos.then(|| {
+    // The probe sets exist only for a strategy that reads probe statistics.
+    let probes = ctx.mixing.needs.probe.is_some().then(|| {
         let ids = sets::probe_ids(&cfg, &ctx.datasets, resumed.map(|r| &r.probe_ids[..]));
         let sets = sets::probe_sets(&cfg, &ctx.datasets, &ctx.tokenizer, &ids);
         (ids, sets)
