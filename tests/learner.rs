@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mos_runtime::learner::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 use mos_runtime::mixture::MixtureLogLine;
-use mos_runtime::model::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 use mos_runtime::runtime::{Runtime, StartOptions};
 use mos_runtime::trainer::{Learner, UnigramLearner};
 

@@ -93,7 +93,7 @@ fn write<L: Learner>(
         .map_err(TrainerError::checkpoint)?;
     if cfg.runtime.export_hf_checkpoints
         && !learner
-            .export_hf(&ctx.tokenizer, &writer.dir().join("hf"))
+            .export_hf(ctx.tokenizer.as_ref().into(), &writer.dir().join("hf"))
             .map_err(TrainerError::checkpoint)?
     {
         tracing::warn!("runtime.export_hf_checkpoints is set but this learner cannot export");

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Learner;
-use crate::model::{ModelError, ProbeStats, StepOutput, TokenBatch};
+use crate::learner::{ModelError, ProbeStats, StepOutput, TokenBatch};
 
 /// Width of the histogram embeddings.
 const EMBED: usize = 32;
