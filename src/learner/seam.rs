@@ -19,6 +19,14 @@ use super::{ExportTokenizer, ModelError, ProbeNeed, ProbeStats, StepOutput, Toke
 
 /// What the training loop needs from a model and its optimiser.
 pub trait Learner {
+    /// The kind of learner, recorded once in every checkpoint (`run_state.json`), so that a
+    /// resume by another kind is refused by name before any file is read. Learners that read
+    /// each other's checkpoints share a kind. The built-in ones are `"burn"` (burn's trainer,
+    /// on any backend) and `"fused"` (the fused CPU kernels); the default is `"custom"`.
+    fn kind(&self) -> &str {
+        "custom"
+    }
+
     /// Optimiser steps taken so far (restored by [`Learner::load_state`]). The loop runs until
     /// this reaches `runtime.max_steps`.
     fn step(&self) -> u64;
@@ -77,6 +85,9 @@ pub trait Learner {
 // The runtime holds a host's learner (and the built-in one, from `model::build_learner`) as a
 // `Box<dyn Learner>`, and the loop is generic over `L: Learner`.
 impl<L: Learner + ?Sized> Learner for Box<L> {
+    fn kind(&self) -> &str {
+        (**self).kind()
+    }
     fn step(&self) -> u64 {
         (**self).step()
     }

@@ -150,12 +150,14 @@ mod tests {
     }
 
     #[test]
-    fn the_config_picks_the_kernels_from_the_same_weights() {
+    fn the_config_picks_the_kernels_and_the_kind_names_them() {
         let (mut cfg, shape) = tiny();
         cfg.training.cpu_kernels = CpuKernels::Fused;
         let fused = build_learner(&cfg, Backend::Cpu, 0, &shape, 20).unwrap();
+        assert_eq!(fused.kind(), "fused");
         cfg.training.cpu_kernels = CpuKernels::Burn;
         let burn = build_learner(&cfg, Backend::Cpu, 0, &shape, 20).unwrap();
+        assert_eq!(burn.kind(), "burn");
         // The same initial weights on both paths: the same first evaluation.
         let batch = crate::learner::TokenBatch::all_targets(&[&[1, 2, 3, 4, 5]], 0);
         let (a, b) = (fused.eval_nll(&batch), burn.eval_nll(&batch));

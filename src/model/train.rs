@@ -108,6 +108,8 @@ const STATE_MODEL: &str = "model.mpk";
 const STATE_OPT_DECAY: &str = "optim_decay.mpk";
 const STATE_OPT_NO_DECAY: &str = "optim_no_decay.mpk";
 const STATE_TRAINER: &str = "trainer.json";
+/// [`Learner::kind`] of this trainer, whatever its backend.
+const KIND: &str = "burn";
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Wraps `model` (already on `device`) with a fresh optimiser at step 0.
@@ -167,6 +169,11 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 impl<B: AutodiffBackend> Learner for Trainer<B> {
+    /// `"burn"` on every backend: burn's records do not depend on the device they came from.
+    fn kind(&self) -> &str {
+        KIND
+    }
+
     /// Number of [`Learner::train_step`] calls so far, skipped updates included (the
     /// schedule advances on every batch, as PyTorch's scheduler does when AMP skips a step).
     fn step(&self) -> u64 {
@@ -300,12 +307,16 @@ impl<B: AutodiffBackend> Learner for Trainer<B> {
     /// run that was saved (bit-exact on CPU). The hyper-parameters are this trainer's.
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join(STATE_TRAINER);
-        if !path.exists() && dir.join(super::fused::STATE_FUSED).exists() {
+        if !path.exists() {
+            // The checkpoint records which learner wrote it, and the loop refuses another kind
+            // before this is called; this catches checkpoints older than that record (and
+            // direct callers), naming the setting rather than the missing file.
             return Err(ModelError::Record {
                 path: dir.to_path_buf(),
-                message: "this checkpoint was written by the fused CPU trainer \
-                          (training.cpu_kernels = \"fused\"); resume it with that setting"
-                    .into(),
+                message: format!(
+                    "no {STATE_TRAINER}: this checkpoint was not written by burn's trainer; \
+                     one of the fused CPU trainer resumes with training.cpu_kernels = \"fused\""
+                ),
             });
         }
         let state: TrainerStateFile = super::read_json(&path)?;

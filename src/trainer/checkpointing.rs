@@ -109,6 +109,7 @@ fn write<L: Learner>(
         names: ctx.datasets.iter().map(|d| d.name.clone()).collect(),
         sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
         model: ctx.model_shape.clone(),
+        learner: Some(learner.kind().to_string()),
         sampler: b.sampler.clone(),
         counts: b.counts.clone(),
         cursors: b.cursors.clone(),

@@ -100,6 +100,10 @@ pub fn run_with_learner<L: Learner>(
     let cfg = ctx.cfg.clone();
     let resumed: Option<RunState> = match &ctx.resume {
         Some(r) => {
+            // Another kind of learner would read files it does not know; refuse it by name.
+            r.state
+                .check_learner(&r.dir, trainer.kind())
+                .map_err(TrainerError::checkpoint)?;
             trainer
                 .load_state(&r.dir)
                 .map_err(|e| TrainerError::resume(&r.dir, e))?;

@@ -72,6 +72,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 }
 
 impl Learner for UnigramLearner {
+    fn kind(&self) -> &str {
+        "unigram"
+    }
+
     fn step(&self) -> u64 {
         self.step
     }

@@ -181,13 +181,14 @@ struct FusedStateFile {
     /// AdamW updates applied (skipped non-finite steps do not count; the bias correction uses
     /// this, as burn's optimiser state does).
     adam_updates: u64,
-    /// Always "fused": a checkpoint of one trainer is refused by the other by name.
-    kernels: String,
 }
 
 const STATE_MODEL: &str = "model.mpk";
 const STATE_MOMENTS: &str = "adamw_moments.safetensors";
-pub(crate) const STATE_FUSED: &str = "fused_trainer.json";
+const STATE_FUSED: &str = "fused_trainer.json";
+/// [`Learner::kind`] of this trainer: its moments are flat buffers that burn's trainer cannot
+/// read, and burn's optimiser records are nothing this one reads.
+const KIND: &str = "fused";
 
 // By hand: the flat buffers hold millions of floats, which a derived Debug would print.
 impl std::fmt::Debug for FusedTrainer {
@@ -924,6 +925,10 @@ impl FusedTrainer {
 }
 
 impl Learner for FusedTrainer {
+    fn kind(&self) -> &str {
+        KIND
+    }
+
     /// One optimiser step; the same contract as burn's [`Trainer`](super::Trainer)'s.
     fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
         let lr = lr_at(&self.hyper, self.step);
@@ -1028,7 +1033,6 @@ impl Learner for FusedTrainer {
         let json = serde_json::to_vec(&FusedStateFile {
             step: self.step,
             adam_updates: self.adam_updates,
-            kernels: "fused".into(),
         })
         .map_err(|source| ModelError::State {
             path: path.clone(),
@@ -1038,15 +1042,21 @@ impl Learner for FusedTrainer {
     }
 
     /// Restores what [`Learner::save_state`] wrote (continuing reproduces the saved run).
-    /// A directory written by burn's trainer is refused with an error that says so.
+    /// A directory without this trainer's state file is refused with an error that names the
+    /// setting.
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join(STATE_FUSED);
-        if !path.exists() && dir.join("trainer.json").exists() {
+        if !path.exists() {
+            // The checkpoint records which learner wrote it, and the loop refuses another kind
+            // before this is called; this catches checkpoints older than that record (and
+            // direct callers), naming the setting rather than the missing file.
             return Err(ModelError::Record {
                 path: dir.to_path_buf(),
-                message: "this checkpoint was written by burn's trainer (training.cpu_kernels = \
-                          \"burn\"); resume it with that setting"
-                    .into(),
+                message: format!(
+                    "no {STATE_FUSED}: this checkpoint was not written by the fused CPU trainer; \
+                     one of burn's trainer resumes with training.cpu_kernels = \"burn\" (or \
+                     on the GPU)"
+                ),
             });
         }
         let state: FusedStateFile = super::read_json(&path)?;
