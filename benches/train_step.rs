@@ -41,6 +41,7 @@ use burn::nn::Linear;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use common::{alternate, env_usize, median, quick, table, time, verdict_at_least};
+use mos_runtime::learner::Learner;
 use mos_runtime::model::{
     cpu_device, AttentionKernelBench, CpuAutodiff, CpuBackend, FusedTrainer, LlamaConfig,
     ProbeNeed, TokenBatch, TrainHyper, Trainer,

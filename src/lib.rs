@@ -17,6 +17,7 @@ pub mod data;
 pub mod experiment;
 pub mod faults;
 pub mod fsio;
+pub mod learner;
 pub mod mixture;
 pub mod model;
 pub mod replay;

@@ -24,7 +24,7 @@ use crate::data::{load_dataset, DataError, Dataset, Tokenizer};
 use crate::mixture::{q_tau, static_mixture, MixtureError, MixtureSnapshot, Strategy};
 use crate::seed::stream_seed;
 use crate::trainer::{
-    run_training, run_with_learner, BoxError, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
+    run_with_learner, BoxError, Learner, Resume, RunSummary, TrainerCtx, TrainerError,
 };
 
 /// Builds a host-supplied [`Learner`] on the trainer thread, from the config and the tokenizer
@@ -351,23 +351,16 @@ impl Runtime {
 fn run_on_backend(
     ctx: TrainerCtx,
     backend: Backend,
-    #[allow(unused_variables)] device_index: usize,
+    device_index: usize,
 ) -> Result<RunSummary, TrainerError> {
-    match backend {
-        Backend::Cpu => match ctx.cfg.training.cpu_kernels {
-            crate::config::CpuKernels::Fused => crate::trainer::run_training_fused(ctx),
-            crate::config::CpuKernels::Burn => {
-                run_training::<crate::model::CpuAutodiff>(ctx, crate::model::cpu_device())
-            }
-        },
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => run_training::<crate::model::CudaAutodiff>(
-            ctx,
-            burn::backend::cuda::CudaDevice::new(device_index),
-        ),
-        #[cfg(not(feature = "cuda"))]
-        Backend::Cuda => Err(TrainerError::NoCuda),
-    }
+    let learner = crate::model::build_learner(
+        &ctx.cfg,
+        backend,
+        device_index,
+        &ctx.model_shape,
+        ctx.tokenizer.vocab_size(),
+    )?;
+    run_with_learner(ctx, learner)
 }
 
 /// How long [`RuntimeHandle::wait`] waits for the scheduler to handle what is queued.

@@ -187,3 +187,31 @@ fn the_actors_and_the_mixture_never_name_burn_or_the_model() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn the_learner_seam_and_the_trainer_never_name_burn() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for f in all_sources() {
+        let learner = f.starts_with("src/learner/");
+        if !(learner || f.starts_with("src/trainer/")) {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(root().join(&f)).expect("source");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if line.contains("burn::") || (learner && line.contains("crate::model")) {
+                problems.push(format!("{f}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(checked >= 15, "only {checked} files checked");
+    assert!(
+        problems.is_empty(),
+        "the learner seam or the loop names burn (or the model):\n{}",
+        problems.join("\n")
+    );
+}

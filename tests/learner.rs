@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mos_runtime::learner::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 use mos_runtime::mixture::MixtureLogLine;
-use mos_runtime::model::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 use mos_runtime::runtime::{Runtime, StartOptions};
 use mos_runtime::trainer::{Learner, UnigramLearner};
 
@@ -223,4 +223,94 @@ fn probe_passes_ask_only_for_what_the_reward_reads() {
             "{reward}: the mixture never moved"
         );
     }
+}
+
+/// [`UnigramLearner`] under another kind: the same files, but a different learner as far as
+/// checkpoints are concerned.
+struct Renamed(UnigramLearner);
+
+impl Learner for Renamed {
+    fn kind(&self) -> &str {
+        "renamed"
+    }
+    fn step(&self) -> u64 {
+        self.0.step()
+    }
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        self.0.train_step(batch)
+    }
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+        self.0.eval_nll(batch)
+    }
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+        self.0.probe(batch)
+    }
+    fn save_state(&self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.0.save_state(dir)
+    }
+    fn load_state(&mut self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.0.load_state(dir)
+    }
+    fn save_weights(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        self.0.save_weights(path)
+    }
+}
+
+#[test]
+fn a_checkpoint_is_resumed_only_by_the_learner_kind_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let mut cfg = load_tiny(dir.path(), "kinds", 20, "");
+    cfg.runtime.deterministic = true;
+    cfg.runtime.checkpoint_every = 10;
+    let out = cfg.runtime.output_dir.clone();
+    let mut first = cfg.clone();
+    first.runtime.stop_at_step = 10;
+    let renamed: mos_runtime::runtime::LearnerFactory = Box::new(|_cfg, tok| {
+        Ok(Box::new(Renamed(UnigramLearner::new(tok.vocab_size()))) as Box<dyn Learner>)
+    });
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let h = Runtime::start_with_learner(first, StartOptions::default(), factory())
+            .await
+            .unwrap();
+        assert_eq!(h.wait().await.unwrap().steps, 10);
+    });
+    let (ckpt, _) = mos_runtime::checkpoint::latest_valid(&out).unwrap();
+    let state: mos_runtime::checkpoint::RunState =
+        mos_runtime::checkpoint::read_json(&ckpt, mos_runtime::checkpoint::RUN_STATE).unwrap();
+    assert_eq!(state.learner.as_deref(), Some("unigram"));
+
+    // Another kind is refused by name, before it reads a file of the checkpoint.
+    let err = rt.block_on(async {
+        let h = Runtime::start_with_learner(cfg.clone(), StartOptions::default(), renamed)
+            .await
+            .unwrap();
+        h.wait().await.unwrap_err()
+    });
+    let text = err.to_string();
+    for needle in ["`unigram`", "`renamed`", "training.cpu_kernels"] {
+        assert!(text.contains(needle), "`{needle}` missing from: {text}");
+    }
+    let mut source = std::error::Error::source(&err);
+    let mut typed = false;
+    while let Some(e) = source {
+        typed |= matches!(
+            e.downcast_ref::<mos_runtime::checkpoint::CheckpointError>(),
+            Some(mos_runtime::checkpoint::CheckpointError::LearnerMismatch { checkpoint, run, .. })
+                if checkpoint == "unigram" && run == "renamed"
+        );
+        source = e.source();
+    }
+    assert!(typed, "no LearnerMismatch in the chain of: {text}");
+
+    // The kind that wrote it resumes it.
+    let s = rt.block_on(async {
+        let h = Runtime::start_with_learner(cfg, StartOptions::default(), factory())
+            .await
+            .unwrap();
+        h.wait().await.unwrap()
+    });
+    assert_eq!(s.resumed_from, Some(10));
+    assert_eq!(s.steps, 20);
 }

@@ -476,6 +476,25 @@ fn resuming_with_changed_datasets_or_model_is_refused_unless_allowed() {
     assert!(s.out("run").join("archive").is_dir());
 }
 
+#[test]
+fn a_fused_checkpoint_resumed_by_burn_names_both_kinds_and_the_setting() {
+    let s = setup(20);
+    assert_ok(&s.run("run", &["--set", "runtime.stop_at_step=10"]));
+
+    // burn's trainer cannot read the fused trainer's moments: refused by name, with the key.
+    let o = s.run("run", &["--set", "training.cpu_kernels=\"burn\""]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(!unexpected_panic(&t), "{t}");
+    for needle in ["`fused`", "`burn`", "training.cpu_kernels"] {
+        assert!(t.contains(needle), "`{needle}` missing from: {t}");
+    }
+
+    // With the setting it was written with, the same checkpoint resumes.
+    let t = assert_ok(&s.run("run", &[]));
+    assert!(t.contains("finished: 20 steps"), "{t}");
+}
+
 fn assert_refused_before_training(o: &Output, out: &Path, needles: &[&str]) {
     let t = text(o);
     assert_eq!(o.status.code(), Some(2), "{t}");

@@ -2,7 +2,7 @@
 //!
 //! Layout: `<output_dir>/checkpoints/step-<NNNNNNNNNN>/` holds the trainer's files (weights, both
 //! optimisers' moments, the step), `run_state.json` (sampler RNG, loader cursors, the adopted
-//! mixture, log lengths, the model shape and dataset list it was made with), `scheduler.json` (the
+//! mixture, log lengths, the model shape, dataset list and kind of learner it was made with), `scheduler.json` (the
 //! scheduler's and the reward actor's state: scorer, its Adam moments, EMA, theta_0 probe
 //! perplexities), the resolved config, and `manifest.json` with each file's size and sha256.
 //!
@@ -59,6 +59,22 @@ pub enum CheckpointError {
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// The checkpoint was written by another kind of learner than the one this run trains
+    /// with, whose files the run's learner cannot read.
+    #[error(
+        "checkpoint {path} was written by the `{checkpoint}` learner, but this run trains with \
+         `{run}`: resume it with the learner that wrote it (training.cpu_kernels = \"fused\" or \
+         \"burn\" picks the built-in one on the CPU; runtime.backend = \"cuda\" always trains \
+         with \"burn\"), or start the run in another runtime.output_dir"
+    )]
+    LearnerMismatch {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// The kind recorded in the checkpoint.
+        checkpoint: String,
+        /// The kind of this run's learner.
+        run: String,
     },
     /// A JSON file could not be written or parsed.
     #[error("checkpoint file {path}: {source}")]

@@ -1,7 +1,10 @@
 //! What a checkpoint records besides the trainer's tensors.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
+use super::CheckpointError;
 use crate::mixture::{MixtureSampler, MixtureSnapshot, Strategy};
 use crate::model::LlamaConfig;
 
@@ -29,6 +32,11 @@ pub struct RunState {
     pub sizes: Vec<u64>,
     /// The model shape.
     pub model: LlamaConfig,
+    /// The kind of learner that wrote the weights and optimiser state (`Learner::kind`), the
+    /// one record of it in a checkpoint. None in checkpoints written before it was recorded,
+    /// which any learner may try (the built-in ones then name the setting they need).
+    #[serde(default)]
+    pub learner: Option<String>,
     /// The dataset-choice RNG.
     pub sampler: MixtureSampler,
     /// Examples drawn per dataset since the last report.
@@ -47,6 +55,21 @@ pub struct RunState {
     pub first_loss: Option<f32>,
     /// Steps skipped so far for a non-finite loss.
     pub skipped: u64,
+}
+
+impl RunState {
+    /// Refuses to resume the checkpoint at `dir` with a learner of kind `run` when another
+    /// kind wrote it, before any of the learner's files is read.
+    pub fn check_learner(&self, dir: &Path, run: &str) -> Result<(), CheckpointError> {
+        match &self.learner {
+            Some(kind) if kind != run => Err(CheckpointError::LearnerMismatch {
+                path: dir.to_path_buf(),
+                checkpoint: kind.clone(),
+                run: run.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The scheduler's and the reward actor's side, captured in mailbox order after every report the
@@ -117,6 +140,75 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_state(learner: Option<&str>) -> RunState {
+        RunState {
+            step: 10,
+            names: vec!["a".into()],
+            sizes: vec![4],
+            model: LlamaConfig {
+                vocab_size: 8,
+                d_model: 4,
+                n_layers: 1,
+                n_heads: 1,
+                n_kv_heads: 1,
+                ffn_hidden: 8,
+                max_seq_len: 4,
+                rope_theta: 10000.0,
+                norm_eps: 1e-5,
+                tie_embeddings: true,
+            },
+            learner: learner.map(str::to_string),
+            sampler: MixtureSampler::new(1),
+            counts: vec![0],
+            cursors: vec![10],
+            active: MixtureSnapshot {
+                version: 0,
+                step: 0,
+                names: vec!["a".to_string()].into(),
+                weights: vec![1.0],
+            },
+            target_version: 0,
+            probe_ids: vec![Vec::new()],
+            logs: LogLengths {
+                run: 0,
+                samples: None,
+                mixture: 0,
+            },
+            first_loss: None,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn the_learner_kind_is_checked_and_older_checkpoints_without_it_still_resume() {
+        let dir = Path::new("/ckpt/step-0000000010");
+        let fused = run_state(Some("fused"));
+        assert!(fused.check_learner(dir, "fused").is_ok());
+        let err = fused.check_learner(dir, "burn").unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::LearnerMismatch { checkpoint, run, .. }
+                if checkpoint == "fused" && run == "burn"),
+            "{err}"
+        );
+        let text = err.to_string();
+        for needle in [
+            "`fused`",
+            "`burn`",
+            "training.cpu_kernels",
+            "step-0000000010",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from: {text}");
+        }
+
+        // A run_state.json written before the kind was recorded has no such key.
+        let mut json = serde_json::to_value(run_state(None)).unwrap();
+        json.as_object_mut().unwrap().remove("learner");
+        let old: RunState = serde_json::from_value(json).unwrap();
+        assert_eq!(old.learner, None);
+        assert!(old.check_learner(dir, "burn").is_ok());
+        assert!(old.check_learner(dir, "custom").is_ok());
+    }
 
     #[test]
     fn config_diff_names_changed_keys() {

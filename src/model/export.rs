@@ -14,18 +14,9 @@ use serde_json::json;
 
 use super::pretrained::hf_tensor_names;
 use super::{write_atomic, Llama, ModelError};
-
-/// The tokenizer files of an export: the Hugging Face tokenizer (none for the built-in byte
-/// tokenizer, which has no `tokenizer.json` form) and the BOS/EOS ids for `config.json`.
-#[derive(Clone, Copy, Debug)]
-pub struct ExportTokenizer<'a> {
-    /// Saved as `tokenizer.json` when present.
-    pub hf: Option<&'a tokenizers::Tokenizer>,
-    /// `bos_token_id` of `config.json`.
-    pub bos: u32,
-    /// `eos_token_id` of `config.json`.
-    pub eos: u32,
-}
+// The learner's view of the tokenizer files, under this module's path too (where the
+// tokenizer's conversion and the export tests name it).
+pub use crate::learner::ExportTokenizer;
 
 /// Copies a 2-D tensor to the host as f32.
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>, name: &str) -> Result<Vec<f32>, ModelError> {

@@ -5,7 +5,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{Llama, TokenBatch};
+use super::batch::BatchTensors;
+use super::{Llama, ProbeNeed, ProbeStats, TokenBatch};
 
 /// Per-position negative log-likelihood, already multiplied by the target mask
 /// (`[batch, len]`, zero where position `k` does not predict a target), plus the hidden states.
@@ -89,41 +90,6 @@ pub fn per_example_nll<B: Backend>(
     let (tok, hidden) = masked_token_nll(model, batch, device);
     let inv = inverse_counts::<B>(&batch.targets_per_example(), device);
     (tok.sum_dim(1).reshape([batch.batch]) * inv, hidden)
-}
-
-/// Per-example statistics of a probe batch (method.md 3.1 and 3.2).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProbeStats {
-    /// Mean NLL over each example's target tokens (0 if it has none); perplexity = `exp(nll)`.
-    pub nll: Vec<f64>,
-    /// Mean over each example's real (non-padding) tokens of the final-norm hidden state.
-    pub embeddings: Vec<Vec<f32>>,
-}
-
-/// Which statistics a probe pass must produce. A run's reward reads one of the two (COSSIM the
-/// embeddings, DIFF the NLLs), and each one skipped saves work: without NLLs the output
-/// projection is not run at all, and NLLs alone need it only at the positions that predict a
-/// target, where a `[rows, vocab]` product is the largest single matrix product of a pretrained
-/// model's forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeNeed {
-    /// Both statistics (what [`probe`] returns).
-    Both,
-    /// Per-example NLLs only; `embeddings` may come back empty.
-    Nll,
-    /// Pooled embeddings only; `nll` may come back empty.
-    Embeddings,
-}
-
-impl ProbeNeed {
-    /// Whether the NLLs are asked for.
-    pub fn nll(self) -> bool {
-        self != ProbeNeed::Embeddings
-    }
-    /// Whether the embeddings are asked for.
-    pub fn embeddings(self) -> bool {
-        self != ProbeNeed::Nll
-    }
 }
 
 /// Probe statistics from one forward pass without gradients: both of them

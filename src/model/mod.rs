@@ -1,10 +1,14 @@
 //! The burn Llama model, its batches, losses, probe statistics and the optimiser step.
 //!
 //! This module owns the training device and every tensor on it: the decoder weights
-//! ([`Llama`]), the padded token batches as they are uploaded ([`TokenBatch`]), the
-//! one-pass loss/probe computation ([`per_example_nll`], [`probe`]) and the AdamW step with
-//! its learning-rate schedule ([`Trainer`]). Only plain Rust values (`f32`/`f64` losses,
-//! pooled embeddings as `Vec<f32>`) leave it.
+//! ([`Llama`]), the upload of the loop's padded [`TokenBatch`]es, the one-pass loss/probe
+//! computation ([`per_example_nll`], [`probe`]) and the AdamW step with its learning-rate
+//! schedule ([`Trainer`], and [`FusedTrainer`] on the CPU). Only plain Rust values (`f32`/`f64`
+//! losses, pooled embeddings as `Vec<f32>`) leave it.
+//!
+//! Both trainers implement [`Learner`](crate::learner::Learner) themselves, and
+//! [`build_learner`] is the one place that picks the backend and the CPU kernels from a config,
+//! so the loop sees a `Box<dyn Learner>` and never names burn.
 //!
 //! It must never know about datasets, actors, the mixture or metrics: callers hand it token
 //! ids and masks and get numbers back. Everything here runs on the caller's thread (the
@@ -20,6 +24,7 @@
 
 mod batch;
 pub mod export;
+mod factory;
 mod fused;
 mod generate;
 pub mod gguf;
@@ -34,19 +39,19 @@ mod pretrained_tests;
 #[cfg(test)]
 mod tests;
 
-pub use batch::TokenBatch;
+// The learner's vocabulary, which every function here speaks, under the model's paths too.
+pub use crate::learner::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
+pub use factory::{build_learner, train_hyper, BuildError};
 #[doc(hidden)]
 pub use fused::AttentionKernelBench;
 pub use fused::FusedTrainer;
 pub use generate::greedy_next;
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
-pub use loss::{per_example_nll, probe, probe_for, ProbeNeed, ProbeStats};
+pub use loss::{per_example_nll, probe, probe_for};
 pub use pretrained::{
     load_for_training, load_pretrained, pretrained_config, pretrained_tokenizer, LoadError,
 };
-pub use train::{lr_at, StepOutput, TrainHyper, Trainer};
-
-use std::path::PathBuf;
+pub use train::{lr_at, TrainHyper, Trainer};
 
 /// The CPU backend (burn-flex, f32 floats).
 pub type CpuBackend = burn::backend::Flex;
@@ -63,43 +68,6 @@ pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
 /// The single CPU device of [`CpuBackend`].
 pub fn cpu_device() -> burn::tensor::Device<CpuBackend> {
     Default::default()
-}
-
-/// Errors of the model module.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// The model configuration is inconsistent (names the offending field).
-    #[error("invalid model config: {0}")]
-    InvalidConfig(String),
-    /// Reading or writing a file failed.
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// burn could not encode or decode a record (weights or optimiser state).
-    #[error("record error on {path}: {message}")]
-    Record {
-        /// The file involved.
-        path: PathBuf,
-        /// burn's description of the failure.
-        message: String,
-    },
-    /// A pretrained checkpoint could not be loaded (names the file and the key or tensor).
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// A small JSON side file (trainer state) could not be encoded or decoded.
-    #[error("state file {path}: {source}")]
-    State {
-        /// The file involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// [`crate::fsio::write_atomic`] with the error naming the file.

@@ -70,6 +70,14 @@ pub enum LoadError {
     },
 }
 
+// By hand rather than `#[from]`: the learner's error sits a layer below this reader and holds
+// the load error boxed (its Display and source pass through unchanged).
+impl From<LoadError> for super::ModelError {
+    fn from(e: LoadError) -> Self {
+        super::ModelError::Load(Box::new(e))
+    }
+}
+
 /// The two checkpoint formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PretrainedFormat {

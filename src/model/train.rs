@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::loss::target_token_nll;
 use super::{
     load_record, probe_for, save_record, write_atomic, Llama, ModelError, ProbeNeed, ProbeStats,
-    TokenBatch,
+    StepOutput, TokenBatch,
 };
+use crate::learner::{ExportTokenizer, Learner};
 
 /// Optimiser and schedule settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,34 +60,6 @@ pub fn lr_at(h: &TrainHyper, step: u64) -> f64 {
     min_lr + (h.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// Result of one [`Trainer::train_step`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepOutput {
-    /// Mean NLL over all target tokens of the batch (token-weighted), before the update.
-    pub loss: f32,
-    /// Learning rate used (or that would have been used, if the update was skipped).
-    pub lr: f64,
-    /// Number of target tokens in the batch.
-    pub target_tokens: usize,
-    /// False when the loss or the gradient norm was not finite; the update was then skipped.
-    pub finite: bool,
-    /// Global L2 norm of the gradient before clipping (0 when there were no targets).
-    pub grad_norm: f32,
-}
-
-impl StepOutput {
-    /// The result of a step on a batch without targets: nothing to learn from, no update.
-    pub(crate) fn no_targets(lr: f64) -> StepOutput {
-        StepOutput {
-            loss: 0.0,
-            lr,
-            target_tokens: 0,
-            finite: true,
-            grad_norm: 0.0,
-        }
-    }
-}
-
 /// The factor that scales the gradient down to `grad_clip` when its global norm exceeds it;
 /// `None` when it does not, or when clipping is off (`<= 0` or non-finite). Same rule as
 /// `torch.nn.utils.clip_grad_norm_`: scale by clip / (norm + 1e-6).
@@ -125,7 +98,7 @@ impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
     }
 }
 
-/// Small side file of [`Trainer::save_state`].
+/// Small side file of [`Learner::save_state`].
 #[derive(Serialize, Deserialize)]
 struct TrainerStateFile {
     step: u64,
@@ -135,6 +108,8 @@ const STATE_MODEL: &str = "model.mpk";
 const STATE_OPT_DECAY: &str = "optim_decay.mpk";
 const STATE_OPT_NO_DECAY: &str = "optim_no_decay.mpk";
 const STATE_TRAINER: &str = "trainer.json";
+/// [`Learner::kind`] of this trainer, whatever its backend.
+const KIND: &str = "burn";
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Wraps `model` (already on `device`) with a fresh optimiser at step 0.
@@ -151,12 +126,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             no_decay_ids,
             poison_next: false,
         }
-    }
-
-    /// Makes the next [`Trainer::train_step`]'s loss NaN (it is multiplied by NaN on the
-    /// device), so the real non-finite path runs end to end. Fault injection for tests.
-    pub fn poison_next_step(&mut self) {
-        self.poison_next = true;
     }
 
     /// The model being trained.
@@ -176,9 +145,38 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.device
     }
 
-    /// Number of [`Trainer::train_step`] calls so far, skipped updates included (the
+    /// Replaces the weights with those saved at `path` (same config). The optimiser state is
+    /// reset (moments from another trajectory would be meaningless); the step is kept.
+    /// Use [`Learner::load_state`] for an exact resume.
+    pub fn load_model(&mut self, path: &Path) -> Result<(), ModelError> {
+        let model = self.model.take().expect("model present");
+        let loaded = model.clone().load_file(path, &self.device);
+        match loaded {
+            Ok(m) => {
+                self.no_decay_ids = vector_param_ids(&m);
+                self.model = Some(m);
+                let (decay, no_decay) = build_optimisers::<B>(&self.hyper);
+                self.decay = decay;
+                self.no_decay = no_decay;
+                Ok(())
+            }
+            Err(e) => {
+                self.model = Some(model);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Learner for Trainer<B> {
+    /// `"burn"` on every backend: burn's records do not depend on the device they came from.
+    fn kind(&self) -> &str {
+        KIND
+    }
+
+    /// Number of [`Learner::train_step`] calls so far, skipped updates included (the
     /// schedule advances on every batch, as PyTorch's scheduler does when AMP skips a step).
-    pub fn step(&self) -> u64 {
+    fn step(&self) -> u64 {
         self.step
     }
 
@@ -186,7 +184,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// clipping, AdamW. Reads two scalars back from the device (loss and gradient norm).
     /// A non-finite loss or gradient skips the update (`finite: false`); a batch with no
     /// targets skips it too (there is nothing to learn from) and reports loss 0.
-    pub fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
         let lr = lr_at(&self.hyper, self.step);
         self.step += 1;
         let target_tokens = batch.num_targets();
@@ -255,61 +253,44 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Mean NLL per example (over its targets) with no gradient, on the inner model.
-    pub fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
         self.probe_for(batch, ProbeNeed::Nll).nll
     }
 
     /// The greedy next token after each context ([`super::greedy_next`]), on the inner model.
-    pub fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Vec<u32> {
-        super::greedy_next(&self.model().valid(), contexts, pad, &self.device)
+    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
+        Some(super::greedy_next(
+            &self.model().valid(),
+            contexts,
+            pad,
+            &self.device,
+        ))
     }
 
     /// Probe statistics ([`probe`](super::probe)) with no gradient, on the inner model.
-    pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         self.probe_for(batch, ProbeNeed::Both)
     }
 
     /// The probe statistics `need` asks for ([`probe_for`]), with no gradient.
-    pub fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
         probe_for(&self.model().valid(), batch, need, &self.device)
     }
 
     /// Saves the weights atomically to exactly `path` (burn named MessagePack, f32).
-    pub fn save_model(&self, path: &Path) -> Result<(), ModelError> {
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
         self.model().save_file(path)
-    }
-
-    /// Replaces the weights with those saved at `path` (same config). The optimiser state is
-    /// reset (moments from another trajectory would be meaningless); the step is kept.
-    /// Use [`Trainer::load_state`] for an exact resume.
-    pub fn load_model(&mut self, path: &Path) -> Result<(), ModelError> {
-        let model = self.model.take().expect("model present");
-        let loaded = model.clone().load_file(path, &self.device);
-        match loaded {
-            Ok(m) => {
-                self.no_decay_ids = vector_param_ids(&m);
-                self.model = Some(m);
-                let (decay, no_decay) = build_optimisers::<B>(&self.hyper);
-                self.decay = decay;
-                self.no_decay = no_decay;
-                Ok(())
-            }
-            Err(e) => {
-                self.model = Some(model);
-                Err(e)
-            }
-        }
     }
 
     /// Writes weights, both optimisers' moments and the step counter into `dir` (created if
     /// needed; each file is written atomically). Making the whole directory atomic (temp dir +
     /// rename) is the checkpoint module's job.
-    pub fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        self.save_model(&dir.join(STATE_MODEL))?;
+        self.save_weights(&dir.join(STATE_MODEL))?;
         save_record::<B, _>(self.decay.to_record(), &dir.join(STATE_OPT_DECAY))?;
         save_record::<B, _>(self.no_decay.to_record(), &dir.join(STATE_OPT_NO_DECAY))?;
         let path = dir.join(STATE_TRAINER);
@@ -322,16 +303,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         write_atomic(&path, &json)
     }
 
-    /// Restores what [`Trainer::save_state`] wrote: continuing from here reproduces the
+    /// Restores what [`Learner::save_state`] wrote: continuing from here reproduces the
     /// run that was saved (bit-exact on CPU). The hyper-parameters are this trainer's.
-    pub fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join(STATE_TRAINER);
-        if !path.exists() && dir.join(super::fused::STATE_FUSED).exists() {
+        if !path.exists() {
+            // The checkpoint records which learner wrote it, and the loop refuses another kind
+            // before this is called; this catches checkpoints older than that record (and
+            // direct callers), naming the setting rather than the missing file.
             return Err(ModelError::Record {
                 path: dir.to_path_buf(),
-                message: "this checkpoint was written by the fused CPU trainer \
-                          (training.cpu_kernels = \"fused\"); resume it with that setting"
-                    .into(),
+                message: format!(
+                    "no {STATE_TRAINER}: this checkpoint was not written by burn's trainer; \
+                     one of the fused CPU trainer resumes with training.cpu_kernels = \"fused\""
+                ),
             });
         }
         let state: TrainerStateFile = super::read_json(&path)?;
@@ -343,6 +328,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.no_decay = no_decay.load_record(no_decay_rec);
         self.step = state.step;
         Ok(())
+    }
+
+    /// Makes the next [`Learner::train_step`]'s loss NaN (it is multiplied by NaN on the
+    /// device), so the real non-finite path runs end to end. Fault injection for tests.
+    fn poison_next_step(&mut self) {
+        self.poison_next = true;
+    }
+
+    fn export_hf(&self, tokenizer: ExportTokenizer<'_>, dir: &Path) -> Result<bool, ModelError> {
+        super::export::export_hf_dir(self.model(), tokenizer, dir).map(|()| true)
     }
 }
 

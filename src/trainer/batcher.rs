@@ -18,8 +18,8 @@ use crate::checkpoint::RunState;
 use crate::config::{Config, SampleUnit};
 use crate::control::{Control, LiveSet};
 use crate::data::Example;
+use crate::learner::TokenBatch;
 use crate::mixture::{MixtureSampler, MixtureSnapshot};
-use crate::model::TokenBatch;
 use crate::seed::stream_seed;
 use crate::telemetry;
 

@@ -93,7 +93,7 @@ fn write<L: Learner>(
         .map_err(TrainerError::checkpoint)?;
     if cfg.runtime.export_hf_checkpoints
         && !learner
-            .export_hf(&ctx.tokenizer, &writer.dir().join("hf"))
+            .export_hf(ctx.tokenizer.as_ref().into(), &writer.dir().join("hf"))
             .map_err(TrainerError::checkpoint)?
     {
         tracing::warn!("runtime.export_hf_checkpoints is set but this learner cannot export");
@@ -109,6 +109,7 @@ fn write<L: Learner>(
         names: ctx.datasets.iter().map(|d| d.name.clone()).collect(),
         sizes: ctx.datasets.iter().map(|d| d.train.len() as u64).collect(),
         model: ctx.model_shape.clone(),
+        learner: Some(learner.kind().to_string()),
         sampler: b.sampler.clone(),
         counts: b.counts.clone(),
         cursors: b.cursors.clone(),

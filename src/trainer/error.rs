@@ -1,11 +1,9 @@
 //! Why the trainer stopped. Every variant that wraps another error keeps it as its `source`,
 //! so a host (or the binary's error report) can walk the chain down to the I/O error.
 
-use crate::model::ModelError;
+use crate::learner::{BoxError, ModelError};
+use crate::model::BuildError;
 use crate::runlog::LogError;
-
-/// A boxed error from outside the crate (a host's learner factory, a checkpoint step).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why the trainer stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +61,17 @@ pub enum TrainerError {
     /// Every dataset's loader was dropped.
     #[error("no dataset is left to train on: every loader failed and was dropped")]
     NoLiveDataset,
+}
+
+// The built-in learner's build errors keep the variants (and messages) they had when the
+// trainer built the learner itself.
+impl From<BuildError> for TrainerError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::NoCuda => Self::NoCuda,
+            BuildError::Model(e) => Self::Model(e),
+        }
+    }
 }
 
 impl TrainerError {

@@ -16,8 +16,8 @@ use crate::actors::{Mixing, ProbeReport, RewardMsg, SchedulerMsg, SendError, Sna
 use crate::checkpoint::RunState;
 use crate::config::{Config, RewardKind};
 use crate::control::Control;
+use crate::learner::ProbeNeed;
 use crate::mixture::MixtureSnapshot;
-use crate::model::ProbeNeed;
 use crate::telemetry;
 
 /// How long the trainer waits for the actors' part of a checkpoint before skipping it.

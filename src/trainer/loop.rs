@@ -91,8 +91,8 @@ pub struct RunSummary {
     pub exact_match: Vec<ExactMatch>,
 }
 
-/// Runs the whole training loop with any [`Learner`] on the calling thread: the built-in burn
-/// trainer or a host's own model.
+/// Runs the whole training loop with any [`Learner`] on the calling thread: the built-in one
+/// ([`build_learner`](crate::model::build_learner)) or a host's own model.
 pub fn run_with_learner<L: Learner>(
     mut ctx: TrainerCtx,
     mut trainer: L,
@@ -100,6 +100,10 @@ pub fn run_with_learner<L: Learner>(
     let cfg = ctx.cfg.clone();
     let resumed: Option<RunState> = match &ctx.resume {
         Some(r) => {
+            // Another kind of learner would read files it does not know; refuse it by name.
+            r.state
+                .check_learner(&r.dir, trainer.kind())
+                .map_err(TrainerError::checkpoint)?;
             trainer
                 .load_state(&r.dir)
                 .map_err(|e| TrainerError::resume(&r.dir, e))?;
@@ -253,7 +257,7 @@ fn save_outputs<L: Learner>(trainer: &L, ctx: &TrainerCtx) -> Result<(), Trainer
     if ctx.cfg.runtime.export_hf {
         let dir = out_dir.join("hf");
         if trainer
-            .export_hf(&ctx.tokenizer, &dir)
+            .export_hf(ctx.tokenizer.as_ref().into(), &dir)
             .map_err(TrainerError::Model)?
         {
             tracing::info!(dir = %dir.display(), "Hugging Face export written");

@@ -10,22 +10,25 @@
 //! Invariants it must keep: it never waits on the scheduler, the reward actor, metrics or
 //! logging (reports go through a [`GatedSender`](crate::actors::GatedSender), which drops and counts instead of queueing without
 //! bound); burn code runs only on this thread.
+//!
+//! The model is a [`Learner`] and nothing more: nothing here names burn, so the loop and its
+//! tests run as well on the burn-free [`UnigramLearner`]. The built-in learner comes from
+//! [`model::build_learner`](crate::model::build_learner).
 
 mod batcher;
 mod checkpointing;
 mod error;
 mod evaluation;
-mod factory;
-mod learner;
 mod link;
 mod r#loop;
 mod progress;
 mod sets;
+mod shape;
 mod unigram;
 
+pub use crate::learner::{BoxError, Learner};
 pub use crate::runlog::ExactMatch;
-pub use error::{BoxError, TrainerError};
-pub use factory::{llama_config, run_training, run_training_fused, train_hyper};
-pub use learner::Learner;
+pub use error::TrainerError;
 pub use r#loop::{run_with_learner, Resume, RunSummary, TrainerCtx};
+pub use shape::llama_config;
 pub use unigram::UnigramLearner;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use super::TrainerError;
 use crate::checkpoint::RunState;
 use crate::config::Config;
+use crate::learner::StepOutput;
 use crate::mixture::MixtureSnapshot;
-use crate::model::StepOutput;
 use crate::runlog::{ExactMatch, JsonlWriter, RunRecord, SampleRecord};
 use crate::telemetry;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, PplSpan};
 use crate::data::{encode_all, probe_indices, Dataset, Record, Tokenizer};
-use crate::model::TokenBatch;
+use crate::learner::TokenBatch;
 use crate::seed::stream_seed;
 
 /// One encoded sequence with the mask the current use needs.

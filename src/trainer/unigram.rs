@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Learner;
-use crate::model::{ModelError, ProbeStats, StepOutput, TokenBatch};
+use crate::learner::{ModelError, ProbeStats, StepOutput, TokenBatch};
 
 /// Width of the histogram embeddings.
 const EMBED: usize = 32;
@@ -72,6 +72,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 }
 
 impl Learner for UnigramLearner {
+    fn kind(&self) -> &str {
+        "unigram"
+    }
+
     fn step(&self) -> u64 {
         self.step
     }

@@ -41,6 +41,7 @@ use super::{
     cpu_device, lr_at, write_atomic, Attention, CpuBackend, DecoderLayer, Llama, LlamaConfig, Mlp,
     ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch, TrainHyper,
 };
+use crate::learner::{ExportTokenizer, Learner};
 
 /// Where one decoder block's parameters sit in the flat buffer. Matrices keep burn's
 /// `[d_in, d_out]` layout, so a projection is `x * W`.
@@ -173,20 +174,21 @@ fn fit(v: &mut Vec<f32>, n: usize) {
     v.resize(n, 0.0);
 }
 
-/// Side file of [`FusedTrainer::save_state`].
+/// Side file of [`Learner::save_state`].
 #[derive(Serialize, Deserialize)]
 struct FusedStateFile {
     step: u64,
     /// AdamW updates applied (skipped non-finite steps do not count; the bias correction uses
     /// this, as burn's optimiser state does).
     adam_updates: u64,
-    /// Always "fused": a checkpoint of one trainer is refused by the other by name.
-    kernels: String,
 }
 
 const STATE_MODEL: &str = "model.mpk";
 const STATE_MOMENTS: &str = "adamw_moments.safetensors";
-pub(crate) const STATE_FUSED: &str = "fused_trainer.json";
+const STATE_FUSED: &str = "fused_trainer.json";
+/// [`Learner::kind`] of this trainer: its moments are flat buffers that burn's trainer cannot
+/// read, and burn's optimiser records are nothing this one reads.
+const KIND: &str = "fused";
 
 // By hand: the flat buffers hold millions of floats, which a derived Debug would print.
 impl std::fmt::Debug for FusedTrainer {
@@ -807,32 +809,6 @@ impl FusedTrainer {
         }
     }
 
-    /// One optimiser step; the same contract as [`Trainer::train_step`](super::Trainer::train_step).
-    pub fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
-        let lr = lr_at(&self.hyper, self.step);
-        self.step += 1;
-        let target_tokens = batch.num_targets();
-        if target_tokens == 0 {
-            return StepOutput::no_targets(lr);
-        }
-        let mut loss = self.loss_and_grad(batch);
-        if std::mem::take(&mut self.poison_next) {
-            loss = f32::NAN;
-        }
-        let norm = kernels::sum_squares(&self.grad).sqrt() as f32;
-        let finite = loss.is_finite() && norm.is_finite();
-        if finite {
-            self.adamw(lr, norm);
-        }
-        StepOutput {
-            loss,
-            lr,
-            target_tokens,
-            finite,
-            grad_norm: norm,
-        }
-    }
-
     /// Token-weighted mean NLL of `batch` (which has targets), with its gradient left in
     /// `self.grad`.
     fn loss_and_grad(&mut self, batch: &TokenBatch) -> f32 {
@@ -946,28 +922,60 @@ impl FusedTrainer {
         };
         ProbeStats { nll, embeddings }
     }
+}
+
+impl Learner for FusedTrainer {
+    fn kind(&self) -> &str {
+        KIND
+    }
+
+    /// One optimiser step; the same contract as burn's [`Trainer`](super::Trainer)'s.
+    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
+        let lr = lr_at(&self.hyper, self.step);
+        self.step += 1;
+        let target_tokens = batch.num_targets();
+        if target_tokens == 0 {
+            return StepOutput::no_targets(lr);
+        }
+        let mut loss = self.loss_and_grad(batch);
+        if std::mem::take(&mut self.poison_next) {
+            loss = f32::NAN;
+        }
+        let norm = kernels::sum_squares(&self.grad).sqrt() as f32;
+        let finite = loss.is_finite() && norm.is_finite();
+        if finite {
+            self.adamw(lr, norm);
+        }
+        StepOutput {
+            loss,
+            lr,
+            target_tokens,
+            finite,
+            grad_norm: norm,
+        }
+    }
 
     /// Mean NLL per example over its targets (0 for an example without targets).
-    pub fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
+    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
         self.eval_pass(batch, ProbeNeed::Nll).nll
     }
 
     /// Probe statistics: per-example mean NLL and the mean final-norm hidden state over each
     /// example's real tokens (as [`probe`](super::probe)).
-    pub fn probe(&self, batch: &TokenBatch) -> ProbeStats {
+    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
         self.eval_pass(batch, ProbeNeed::Both)
     }
 
     /// The probe statistics `need` asks for (as [`probe_for`](super::probe_for)).
-    pub fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
+    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
         self.eval_pass(batch, need)
     }
 
     /// The greedy next token after each context (as [`greedy_next`](super::greedy_next)).
-    pub fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Vec<u32> {
+    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
         let b = contexts.len();
         if b == 0 {
-            return Vec::new();
+            return Some(Vec::new());
         }
         let t = contexts.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut ids = Vec::with_capacity(b * t);
@@ -978,7 +986,7 @@ impl FusedTrainer {
         let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
         self.forward(&ids, b, t, &mut acts);
         let v = self.cfg.vocab_size;
-        contexts
+        let tokens = contexts
             .iter()
             .enumerate()
             .map(|(i, c)| {
@@ -993,22 +1001,23 @@ impl FusedTrainer {
                 }
                 best as u32
             })
-            .collect()
+            .collect();
+        Some(tokens)
     }
 
     /// Optimiser steps taken so far.
-    pub fn step(&self) -> u64 {
+    fn step(&self) -> u64 {
         self.step
     }
 
-    /// Makes the next step's loss NaN (fault injection, as [`Trainer::poison_next_step`](super::Trainer::poison_next_step)).
-    pub fn poison_next_step(&mut self) {
+    /// Makes the next step's loss NaN (fault injection, as burn's trainer does).
+    fn poison_next_step(&mut self) {
         self.poison_next = true;
     }
 
     /// Weights (`model.mpk`, burn's format, the same file as [`Trainer`](super::Trainer)'s),
     /// AdamW moments (safetensors) and the counters into `dir`.
-    pub fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
             path: dir.to_path_buf(),
             source,
@@ -1024,7 +1033,6 @@ impl FusedTrainer {
         let json = serde_json::to_vec(&FusedStateFile {
             step: self.step,
             adam_updates: self.adam_updates,
-            kernels: "fused".into(),
         })
         .map_err(|source| ModelError::State {
             path: path.clone(),
@@ -1033,16 +1041,22 @@ impl FusedTrainer {
         write_atomic(&path, &json)
     }
 
-    /// Restores what [`FusedTrainer::save_state`] wrote (continuing reproduces the saved run).
-    /// A directory written by burn's trainer is refused with an error that says so.
-    pub fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+    /// Restores what [`Learner::save_state`] wrote (continuing reproduces the saved run).
+    /// A directory without this trainer's state file is refused with an error that names the
+    /// setting.
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join(STATE_FUSED);
-        if !path.exists() && dir.join("trainer.json").exists() {
+        if !path.exists() {
+            // The checkpoint records which learner wrote it, and the loop refuses another kind
+            // before this is called; this catches checkpoints older than that record (and
+            // direct callers), naming the setting rather than the missing file.
             return Err(ModelError::Record {
                 path: dir.to_path_buf(),
-                message: "this checkpoint was written by burn's trainer (training.cpu_kernels = \
-                          \"burn\"); resume it with that setting"
-                    .into(),
+                message: format!(
+                    "no {STATE_FUSED}: this checkpoint was not written by the fused CPU trainer; \
+                     one of burn's trainer resumes with training.cpu_kernels = \"burn\" (or \
+                     on the GPU)"
+                ),
             });
         }
         let state: FusedStateFile = super::read_json(&path)?;
@@ -1065,8 +1079,12 @@ impl FusedTrainer {
     }
 
     /// Writes the weights alone to `path` (burn's `model.mpk` format).
-    pub fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
+    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
         self.to_burn().save_file(path)
+    }
+
+    fn export_hf(&self, tokenizer: ExportTokenizer<'_>, dir: &Path) -> Result<bool, ModelError> {
+        super::export::export_hf_dir(&self.to_burn(), tokenizer, dir).map(|()| true)
     }
 }
 

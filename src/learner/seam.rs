@@ -1,10 +1,11 @@
-//! The seam between the training loop and the model: [`Learner`].
+//! The [`Learner`] trait.
 //!
 //! The loop (batching from the mixture, probe reports, evaluation, checkpoints, signals) only
-//! needs a handful of operations from whatever holds the weights. The built-in burn
-//! [`Trainer`](crate::model::Trainer) implements them; a host that brings its own model (another
-//! framework behind FFI, a remote worker, a toy for tests) implements them too and keeps the
-//! loaders, the reward actor, the MoS scheduler and the checkpoints. Start it with
+//! needs a handful of operations from whatever holds the weights. The built-in trainers
+//! ([`Trainer`](crate::model::Trainer), [`FusedTrainer`](crate::model::FusedTrainer))
+//! implement them; a host that brings its own model (another framework behind FFI, a remote
+//! worker, a toy for tests) implements them too and keeps the loaders, the reward actor, the
+//! MoS scheduler and the checkpoints. Start it with
 //! [`Runtime::start_with_learner`](crate::runtime::Runtime::start_with_learner).
 //!
 //! Guarantees the loop gives an implementation: every method is called on the trainer's own OS
@@ -14,11 +15,18 @@
 
 use std::path::Path;
 
-use crate::data::Tokenizer;
-use crate::model::{ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
+use super::{ExportTokenizer, ModelError, ProbeNeed, ProbeStats, StepOutput, TokenBatch};
 
 /// What the training loop needs from a model and its optimiser.
 pub trait Learner {
+    /// The kind of learner, recorded once in every checkpoint (`run_state.json`), so that a
+    /// resume by another kind is refused by name before any file is read. Learners that read
+    /// each other's checkpoints share a kind. The built-in ones are `"burn"` (burn's trainer,
+    /// on any backend) and `"fused"` (the fused CPU kernels); the default is `"custom"`.
+    fn kind(&self) -> &str {
+        "custom"
+    }
+
     /// Optimiser steps taken so far (restored by [`Learner::load_state`]). The loop runs until
     /// this reaches `runtime.max_steps`.
     fn step(&self) -> u64;
@@ -62,7 +70,7 @@ pub trait Learner {
     /// Writes the model as a Hugging Face directory (`config.json`, `model.safetensors`,
     /// `tokenizer.json`) at `dir`; returns false when this learner has no such format (the
     /// default).
-    fn export_hf(&self, _tokenizer: &Tokenizer, _dir: &Path) -> Result<bool, ModelError> {
+    fn export_hf(&self, _tokenizer: ExportTokenizer<'_>, _dir: &Path) -> Result<bool, ModelError> {
         Ok(false)
     }
 
@@ -74,79 +82,12 @@ pub trait Learner {
     }
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> Learner for crate::model::Trainer<B> {
-    fn step(&self) -> u64 {
-        crate::model::Trainer::step(self)
-    }
-    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
-        crate::model::Trainer::train_step(self, batch)
-    }
-    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
-        crate::model::Trainer::eval_nll(self, batch)
-    }
-    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
-        crate::model::Trainer::probe(self, batch)
-    }
-    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
-        crate::model::Trainer::probe_for(self, batch, need)
-    }
-    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
-        crate::model::Trainer::save_state(self, dir)
-    }
-    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
-        crate::model::Trainer::load_state(self, dir)
-    }
-    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
-        self.save_model(path)
-    }
-    fn poison_next_step(&mut self) {
-        crate::model::Trainer::poison_next_step(self)
-    }
-    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
-        crate::model::export::export_hf_dir(self.model(), tokenizer.into(), dir).map(|()| true)
-    }
-    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
-        Some(crate::model::Trainer::greedy_next(self, contexts, pad))
-    }
-}
-
-impl Learner for crate::model::FusedTrainer {
-    fn step(&self) -> u64 {
-        crate::model::FusedTrainer::step(self)
-    }
-    fn train_step(&mut self, batch: &TokenBatch) -> StepOutput {
-        crate::model::FusedTrainer::train_step(self, batch)
-    }
-    fn eval_nll(&self, batch: &TokenBatch) -> Vec<f64> {
-        crate::model::FusedTrainer::eval_nll(self, batch)
-    }
-    fn probe(&self, batch: &TokenBatch) -> ProbeStats {
-        crate::model::FusedTrainer::probe(self, batch)
-    }
-    fn probe_for(&self, batch: &TokenBatch, need: ProbeNeed) -> ProbeStats {
-        crate::model::FusedTrainer::probe_for(self, batch, need)
-    }
-    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
-        crate::model::FusedTrainer::save_state(self, dir)
-    }
-    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
-        crate::model::FusedTrainer::load_state(self, dir)
-    }
-    fn save_weights(&self, path: &Path) -> Result<(), ModelError> {
-        crate::model::FusedTrainer::save_weights(self, path)
-    }
-    fn poison_next_step(&mut self) {
-        crate::model::FusedTrainer::poison_next_step(self)
-    }
-    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
-        crate::model::export::export_hf_dir(&self.to_burn(), tokenizer.into(), dir).map(|()| true)
-    }
-    fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
-        Some(crate::model::FusedTrainer::greedy_next(self, contexts, pad))
-    }
-}
-
+// The runtime holds a host's learner (and the built-in one, from `model::build_learner`) as a
+// `Box<dyn Learner>`, and the loop is generic over `L: Learner`.
 impl<L: Learner + ?Sized> Learner for Box<L> {
+    fn kind(&self) -> &str {
+        (**self).kind()
+    }
     fn step(&self) -> u64 {
         (**self).step()
     }
@@ -174,7 +115,7 @@ impl<L: Learner + ?Sized> Learner for Box<L> {
     fn poison_next_step(&mut self) {
         (**self).poison_next_step()
     }
-    fn export_hf(&self, tokenizer: &Tokenizer, dir: &Path) -> Result<bool, ModelError> {
+    fn export_hf(&self, tokenizer: ExportTokenizer<'_>, dir: &Path) -> Result<bool, ModelError> {
         (**self).export_hf(tokenizer, dir)
     }
     fn greedy_next(&self, contexts: &[Vec<u32>], pad: u32) -> Option<Vec<u32>> {
