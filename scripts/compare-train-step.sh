@@ -103,9 +103,12 @@ run() {
 }
 
 # The sides run alternately, one process each per round, so that a slow stretch of the machine
-# falls on all of them instead of on whichever side happened to run then.
+# falls on all of them instead of on whichever side happened to run then; the order reverses
+# every other round, so no side always runs first (a warming or cooling machine favours one).
 for round in $(seq 1 "$rounds"); do
-    for side in ref new new2; do
+    order="ref new new2"
+    if (( round % 2 == 0 )); then order="new2 new ref"; fi
+    for side in $order; do
         bin=$work/train_step-${side%2}
         echo "== round $round/$rounds: $side" >&2
         run "$bin" "$work/$side.$round.md"
