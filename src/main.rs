@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use mos_runtime::config::Config;
-use mos_runtime::runtime::{prepare, Runtime, RuntimeError, StartOptions};
+use mos_runtime::runtime::{prepare, run_until_done, DoneOptions, RuntimeError, StartOptions};
 use mos_runtime::telemetry;
-use mos_runtime::trainer::TrainerError;
+use mos_runtime::trainer::RunSummary;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -216,125 +216,64 @@ fn serve(cli: &Cli) -> Result<(), Failure> {
     })
 }
 
-/// A grid run in progress: the run, its label, the child, its start time and its log file.
-type Running<'a> = (
-    &'a mos_runtime::experiment::PlannedRun,
-    String,
-    std::process::Child,
-    std::time::Instant,
-    PathBuf,
-);
-
-/// `experiment`: every (seed, cell) not finished yet runs as `mos-runtime --config BASE --set ...`
-/// in a child process (its output in `output_dir/logs/`), `jobs` at a time, then the report is
-/// written. A failed run is reported and the grid goes on; the exit code is 1 if any run failed.
+/// `experiment`: runs the grid's unfinished (seed, cell) pairs as child processes of this
+/// executable (`mos_runtime::experiment::run_grid`), printing each run's progress, then the
+/// report. The exit code is 1 if any run failed.
 fn experiment(
     file: &std::path::Path,
     report_only: bool,
     dry_run: bool,
     jobs: usize,
 ) -> Result<(), Failure> {
-    use mos_runtime::experiment::{collect, finished, plan, write_report, ExperimentSpec};
+    use mos_runtime::experiment::{run_grid, ExperimentSpec, GridEvent, GridOptions};
     let spec = ExperimentSpec::load(file).map_err(input_error)?;
-    let runs = plan(&spec).map_err(input_error)?;
-    let exe = std::env::current_exe().context("cannot locate the mos-runtime executable")?;
-    let logs = spec.output_dir.join("logs");
-    let total = runs.len();
-    let jobs = jobs.max(1);
-    // Parallel runs share the cores: each child gets its share of rayon threads, unless the
-    // user chose a thread count. (Results do not depend on the thread count.)
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .unwrap_or_else(|| (cores / jobs).max(1).to_string());
-    let mut results = Vec::new();
-    let mut failed = Vec::new();
-    let mut pending = std::collections::VecDeque::new();
-    for (k, run) in runs.iter().enumerate() {
-        let label = format!("[{}/{total}] {} seed {}", k + 1, run.cell.name, run.seed);
-        if let Some(r) = finished(run) {
-            println!("{label}: finished earlier, skipped");
-            results.push(r);
-        } else if dry_run {
+    let opts = GridOptions {
+        exe: std::env::current_exe().context("cannot locate the mos-runtime executable")?,
+        jobs,
+        dry_run,
+        report_only,
+        threads: std::env::var("RAYON_NUM_THREADS").ok(),
+    };
+    let outcome = run_grid(&spec, &opts, |event| match event {
+        GridEvent::Skipped { label } => println!("{label}: finished earlier, skipped"),
+        GridEvent::WouldRun { label, overrides } => {
             println!(
                 "{label}: would run with --set {}",
-                run.overrides.join(" --set ")
-            );
-        } else if !report_only {
-            pending.push_back((run, label));
+                overrides.join(" --set ")
+            )
         }
-    }
-    let mut running: Vec<Running> = Vec::new();
-    while !pending.is_empty() || !running.is_empty() {
-        while running.len() < jobs {
-            let Some((run, label)) = pending.pop_front() else {
-                break;
-            };
-            std::fs::create_dir_all(&logs)
-                .with_context(|| format!("cannot create {}", logs.display()))?;
-            let log_path = logs.join(format!("{}-seed-{}.log", run.cell.name, run.seed));
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("cannot create {}", log_path.display()))?;
-            println!("{label}: running (log: {})", log_path.display());
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("--config").arg(&spec.base);
-            for o in &run.overrides {
-                cmd.arg("--set").arg(o);
-            }
-            // Children never serve metrics: a daemon may be using the configured port.
-            cmd.arg("--set").arg("metrics.enabled=false");
-            cmd.env("RAYON_NUM_THREADS", &threads);
-            let child = cmd
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {}", exe.display()))?;
-            running.push((run, label, child, std::time::Instant::now(), log_path));
+        GridEvent::Started { label, log } => {
+            println!("{label}: running (log: {})", log.display())
         }
-        std::thread::sleep(Duration::from_millis(200));
-        let mut k = 0;
-        while k < running.len() {
-            let Some(status) = running[k].2.try_wait()? else {
-                k += 1;
-                continue;
-            };
-            let (run, label, _, t0, log_path) = running.swap_remove(k);
-            let secs = t0.elapsed().as_secs_f64();
-            if !status.success() {
-                eprintln!(
-                    "{label}: FAILED ({status}) after {secs:.0} s; see {}",
-                    log_path.display()
-                );
-                failed.push(label);
-                continue;
-            }
-            match collect(run) {
-                Ok(r) => {
-                    let avg = r.eval_loss.values().sum::<f64>() / r.eval_loss.len().max(1) as f64;
-                    println!("{label}: done in {secs:.0} s, mean held-out loss {avg:.4}");
-                    results.push(r);
-                }
-                Err(e) => {
-                    eprintln!("{label}: {e}");
-                    failed.push(label);
-                }
-            }
-        }
-    }
+        GridEvent::Done {
+            label,
+            seconds,
+            mean_eval_loss,
+        } => println!("{label}: done in {seconds:.0} s, mean held-out loss {mean_eval_loss:.4}"),
+        GridEvent::Failed { label, reason } => eprintln!("{label}: {reason}"),
+    })
+    .map_err(|e| match e {
+        mos_runtime::experiment::ExperimentError::Spawn { .. } => Failure::from(e),
+        other => input_error(other),
+    })?;
     if dry_run {
         return Ok(());
     }
-    if results.is_empty() {
+    if outcome.results.is_empty() {
         println!("no finished runs yet: nothing to report");
-    } else {
-        for f in write_report(&spec, &results).map_err(input_error)? {
-            println!("wrote {}", f.display());
-        }
     }
-    if failed.is_empty() {
+    for f in &outcome.report {
+        println!("wrote {}", f.display());
+    }
+    if outcome.failed.is_empty() {
         Ok(())
     } else {
-        Err(anyhow::anyhow!("{} run(s) failed: {}", failed.len(), failed.join(", ")).into())
+        Err(anyhow::anyhow!(
+            "{} run(s) failed: {}",
+            outcome.failed.len(),
+            outcome.failed.join(", ")
+        )
+        .into())
     }
 }
 
@@ -366,7 +305,8 @@ fn classify(e: RuntimeError) -> Failure {
         | RuntimeError::BackendUnavailable(_)
         | RuntimeError::ExistingRun { .. }
         | RuntimeError::ResumeMismatch { .. }
-        | RuntimeError::Pretrained(_) => input_error(e),
+        | RuntimeError::Pretrained(_)
+        | RuntimeError::Memory { .. } => input_error(e),
         other => other.into(),
     }
 }
@@ -380,7 +320,6 @@ fn check(cfg: Config) -> Result<(), Failure> {
     let p = prepare(cfg).map_err(classify)?;
     // The shape of a pretrained checkpoint comes from its own metadata (read by `prepare`).
     let llama = p.model.clone();
-    println!("config {source}: OK");
     println!(
         "strategy {:?}, backend {}, {} steps, batch {} x seq {}",
         p.cfg.scheduler.strategy,
@@ -413,6 +352,21 @@ fn check(cfg: Config) -> Result<(), Failure> {
         llama.vocab_size,
         llama.num_params()
     );
+    use mos_runtime::runtime::memory;
+    let estimate = memory::estimate(&p);
+    print!("{estimate}");
+    let limit = memory::memory_limit();
+    match limit {
+        Some(l) => println!(
+            "this process may use {} ({})",
+            memory::human_bytes(l.bytes as f64),
+            l.source
+        ),
+        None => println!("this platform does not say how much memory the process may use"),
+    }
+    // `check` refuses what a run would refuse, so "OK" means the run can start.
+    memory::check(&p, limit).map_err(classify)?;
+    println!("config {source}: OK");
     Ok(())
 }
 
@@ -453,7 +407,11 @@ fn install_metrics(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn daemon(cfg: Config, mut opts: StartOptions) -> Result<(), Failure> {
+/// `run`: the runtime until the run ends (`runtime::run_until_done`, which also makes the
+/// rollbacks of `training.on_nonfinite = "rollback"`). The first SIGINT/SIGTERM asks for a
+/// clean stop; a second one, or `runtime.shutdown_grace_secs` without an end, exits at once
+/// with 130.
+fn daemon(cfg: Config, start: StartOptions) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -462,70 +420,30 @@ fn daemon(cfg: Config, mut opts: StartOptions) -> Result<(), Failure> {
     rt.block_on(async move {
         install_metrics(&cfg).map_err(input_error)?;
         let grace = Duration::from_secs(cfg.runtime.shutdown_grace_secs);
-        // One signal watcher for the whole process, shared by every (re)start of the runtime.
-        let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_signal().await;
             tracing::warn!(
                 "signal received: finishing the current step and writing a checkpoint (again to exit now)"
             );
-            let _ = sig_tx.send(true);
-        });
-        loop {
-            let handle = Runtime::start_with(cfg.clone(), opts.clone())
-                .await
-                .map_err(classify)?;
-            match handle_wait(handle, sig_rx.clone(), grace).await {
-                // Repeated non-finite losses: start again from the newest checkpoint, with the
-                // data sampler re-seeded (training.on_nonfinite = "rollback").
-                Err(RuntimeError::Trainer(TrainerError::Rollback { step, streak })) => {
-                    opts.rollbacks += 1;
-                    opts.fresh = false;
-                    metrics::counter!(telemetry::ROLLBACKS).increment(1);
-                    tracing::error!(
-                        step,
-                        streak,
-                        rollback = opts.rollbacks,
-                        "rolling back to the newest checkpoint"
-                    );
+            let _ = stop_tx.send(true);
+            tokio::select! {
+                _ = wait_signal() => eprintln!("second signal: exiting now"),
+                _ = tokio::time::sleep(grace) => {
+                    eprintln!("grace period of {}s exceeded: exiting now", grace.as_secs());
                 }
-                other => return other.map_err(classify),
             }
-        }
+            std::process::exit(130);
+        });
+        let summary = run_until_done(cfg, DoneOptions { start }, stop_rx)
+            .await
+            .map_err(classify)?;
+        print_summary(&summary);
+        Ok(())
     })
 }
 
-async fn handle_wait(
-    handle: mos_runtime::runtime::RuntimeHandle,
-    mut signal: tokio::sync::watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), RuntimeError> {
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            _ = signal.wait_for(|&s| s), if !stopping => {
-                stopping = true;
-                handle.stop();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = wait_signal() => {
-                            eprintln!("second signal: exiting now");
-                        }
-                        _ = tokio::time::sleep(grace) => {
-                            eprintln!("grace period of {}s exceeded: exiting now", grace.as_secs());
-                        }
-                    }
-                    std::process::exit(130);
-                });
-            }
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if handle.is_finished() {
-                    break;
-                }
-            }
-        }
-    }
-    let summary = handle.wait().await?;
+fn print_summary(summary: &RunSummary) {
     println!(
         "finished: {} steps in {:.1}s ({:.0} tokens/s), loss {:.4} -> {:.4}{}",
         summary.steps,
@@ -551,7 +469,6 @@ async fn handle_wait(
             println!("  {name:<16} {loss:.4}");
         }
     }
-    Ok(())
 }
 
 async fn wait_signal() {

@@ -69,7 +69,7 @@ metrics_catalogue! {
     REWARD = "mos_reward", Gauge, ["dataset", "reward"], "Raw reward of each dataset at the last update.";
     REWARD_SMOOTHED = "mos_reward_smoothed", Gauge, ["dataset", "reward"], "Reward after EMA smoothing (equal to the raw reward when the EMA is off).";
     PROBE_DURATION = "mos_probe_duration_seconds", Histogram, [], "Wall time of one batched probe forward pass over every dataset's probe set.";
-    ACTOR_RESTARTS = "mos_actor_restarts_total", Counter, ["actor"], "Actor restarts performed by the supervisor (actor is loader, scheduler or reward; the log names the dataset).";
+    ACTOR_RESTARTS = "mos_actor_restarts_total", Counter, ["actor"], "Actor restarts performed by the supervisor (actor is loader, the one kind it restarts; the log names the dataset).";
     DATASETS_LIVE = "mos_datasets_live", Gauge, [], "Datasets whose loader is running (a failed loader is out until restarted; a dropped one for good).";
     DATASETS_DROPPED = "mos_datasets_dropped_total", Counter, [], "Datasets dropped from the run after their loader kept failing.";
     CHECKPOINT_DURATION = "mos_checkpoint_duration_seconds", Histogram, [], "Wall time to write one checkpoint.";
@@ -93,6 +93,43 @@ pub fn histogram_buckets(name: &str) -> &'static [f64] {
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ],
     }
+}
+
+/// The values a bounded label can take that are known before the run starts, besides `dataset`
+/// (the config's dataset names). A labelled counter is registered at zero for each of them.
+pub const LABEL_VALUES: &[(&str, &[&str])] = &[("actor", &["loader"])];
+
+/// Registers every counter of the catalogue at zero, for every label value known at start
+/// (`datasets` for the `dataset` label, [`LABEL_VALUES`] for the others), so dashboards and
+/// alerts see a series and a rate of 0 from the first scrape instead of "no data" until the
+/// first rare event. Returns how many series it registered. A counter with a label whose
+/// values are not known at start (none today) is left to its first increment.
+pub fn register_counters_at_zero(datasets: &[String]) -> usize {
+    let mut registered = 0;
+    for m in CATALOGUE.iter().filter(|m| m.kind == MetricKind::Counter) {
+        match m.labels {
+            [] => {
+                metrics::counter!(m.name).increment(0);
+                registered += 1;
+            }
+            [label] => {
+                let values: Vec<String> = if *label == "dataset" {
+                    datasets.to_vec()
+                } else {
+                    match LABEL_VALUES.iter().find(|(l, _)| l == label) {
+                        Some((_, v)) => v.iter().map(|s| s.to_string()).collect(),
+                        None => continue,
+                    }
+                };
+                for v in values {
+                    metrics::counter!(m.name, *label => v).increment(0);
+                    registered += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    registered
 }
 
 /// Registers the description of every metric with the installed recorder.

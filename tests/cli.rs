@@ -210,3 +210,57 @@ fn shipped_demo_configs_pass_check() {
         }
     }
 }
+
+#[test]
+fn a_run_that_cannot_fit_in_memory_exits_2_naming_the_batch_size_before_training() {
+    let (dir, cfg) = setup("");
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    let huge = "training.batch_size=100000000";
+    let t0 = std::time::Instant::now();
+    let o = run(&["--config", p.to_str().unwrap(), "--set", huge]);
+    // A margin over "within a second" for a loaded CI machine; an abort after allocating
+    // would take far longer (or never end).
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    assert_input_error(
+        &o,
+        &["training.batch_size", "GiB", "runtime.memory_check = false"],
+    );
+    // Refused before anything was created: no output directory, no checkpoint.
+    assert!(!dir.path().join("out").exists());
+    // `check` refuses what the run would refuse, after printing the estimate.
+    let o = run(&["check", "--config", p.to_str().unwrap(), "--set", huge]);
+    assert_input_error(&o, &["training.batch_size"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("training activations"), "{out}");
+    assert!(!out.contains(": OK"), "{out}");
+    // The user who knows better can turn the check off (only `check` is run here: a run would
+    // really try to allocate).
+    let o = run(&[
+        "check",
+        "--config",
+        p.to_str().unwrap(),
+        "--set",
+        huge,
+        "--set",
+        "runtime.memory_check=false",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn check_prints_the_memory_estimate_and_what_the_process_may_use() {
+    let (dir, cfg) = setup("");
+    let p = write_file(dir.path(), "c.toml", &cfg);
+    let o = run(&["check", "--config", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "memory estimate (fused trainer)",
+        "weights, gradients, AdamW moments",
+        "training activations (batch x seq)",
+        "prefetch queues",
+        "this process may use",
+    ] {
+        assert!(out.contains(needle), "`{needle}` missing from: {out}");
+    }
+}

@@ -327,6 +327,32 @@ fn everything_the_daemon_exports_is_catalogued_documented_and_typed() {
 
     let types = exposition_types(&text);
     let mut problems = Vec::new();
+    // Every counter has a series from the first scrape on a healthy run, rare events
+    // included (registered at zero for every dataset and every known label value), so no panel
+    // of a healthy run shows "No data".
+    for m in CATALOGUE.iter().filter(|m| m.kind == MetricKind::Counter) {
+        let present = |labels: &str| {
+            text.lines()
+                .any(|l| l.starts_with(m.name) && l[m.name.len()..].starts_with(labels))
+        };
+        let missing = match m.labels {
+            [] => !present(" "),
+            ["dataset"] => !["prose", "maths"]
+                .iter()
+                .all(|d| present(&format!("{{dataset=\"{d}\"}}"))),
+            ["actor"] => !present("{actor=\"loader\"}"),
+            other => {
+                problems.push(format!("{}: no known values for labels {other:?}", m.name));
+                false
+            }
+        };
+        if missing {
+            problems.push(format!(
+                "{} has no series on a healthy run (labels {:?})",
+                m.name, m.labels
+            ));
+        }
+    }
     // Families: catalogued, documented, of the catalogued type, with a HELP line.
     for (family, ty) in types.iter().filter(|(f, _)| f.starts_with("mos_")) {
         let Some(m) = cat.get(family.as_str()) else {

@@ -142,6 +142,11 @@ pub struct RuntimeConfig {
     /// Also put a Hugging Face export in every checkpoint (`checkpoints/step-N/hf/`, covered by
     /// the manifest like the other files).
     pub export_hf_checkpoints: bool,
+    /// Refuse to start a run whose memory estimate (weights, gradients, optimiser moments,
+    /// activations, probe and eval batches, prefetch queues) exceeds what the process may use
+    /// (the cgroup limit, else the available memory). Off only for a user who knows better
+    /// than the estimate.
+    pub memory_check: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -162,6 +167,7 @@ impl Default for RuntimeConfig {
             deterministic: false,
             export_hf: false,
             export_hf_checkpoints: false,
+            memory_check: true,
         }
     }
 }

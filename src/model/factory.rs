@@ -24,22 +24,19 @@ pub enum BuildError {
 }
 
 /// The built-in learner of a run, on the calling thread (the trainer's own, where every call
-/// on it will run). `backend` and `device` are where to train (the runtime passes
-/// `runtime.backend` and `runtime.device`); `cfg` gives the CPU kernels, the optimiser, the
-/// seed and the pretrained model; `shape` is the model shape the run records in its
-/// checkpoints and `vocab_size` the tokenizer's.
+/// on it will run). `cfg` gives where to train (`runtime.backend`, `runtime.device`), the CPU
+/// kernels, the optimiser, the seed and the pretrained model; `shape` is the model shape the run
+/// records in its checkpoints and `vocab_size` the tokenizer's.
 ///
 /// On the CPU, `training.cpu_kernels = "fused"` gives the [`FusedTrainer`] unless the model has
 /// something its kernels do not cover (projection biases of a pretrained model), in which case
 /// burn's trainer takes over with a warning. The GPU always trains with burn's [`Trainer`].
 pub fn build_learner(
     cfg: &Config,
-    backend: Backend,
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] device: usize,
     shape: &LlamaConfig,
     vocab_size: usize,
 ) -> Result<Box<dyn Learner>, BuildError> {
-    match backend {
+    match cfg.runtime.backend {
         Backend::Cpu => match cfg.training.cpu_kernels {
             CpuKernels::Fused => fused_or_burn(cfg, shape, vocab_size),
             CpuKernels::Burn => burn_learner::<CpuAutodiff>(cfg, shape, vocab_size, cpu_device()),
@@ -49,7 +46,7 @@ pub fn build_learner(
             cfg,
             shape,
             vocab_size,
-            burn::backend::cuda::CudaDevice::new(device),
+            burn::backend::cuda::CudaDevice::new(cfg.runtime.device),
         ),
         #[cfg(not(feature = "cuda"))]
         Backend::Cuda => Err(BuildError::NoCuda),
@@ -153,10 +150,10 @@ mod tests {
     fn the_config_picks_the_kernels_and_the_kind_names_them() {
         let (mut cfg, shape) = tiny();
         cfg.training.cpu_kernels = CpuKernels::Fused;
-        let fused = build_learner(&cfg, Backend::Cpu, 0, &shape, 20).unwrap();
+        let fused = build_learner(&cfg, &shape, 20).unwrap();
         assert_eq!(fused.kind(), "fused");
         cfg.training.cpu_kernels = CpuKernels::Burn;
-        let burn = build_learner(&cfg, Backend::Cpu, 0, &shape, 20).unwrap();
+        let burn = build_learner(&cfg, &shape, 20).unwrap();
         assert_eq!(burn.kind(), "burn");
         // The same initial weights on both paths: the same first evaluation.
         let batch = crate::learner::TokenBatch::all_targets(&[&[1, 2, 3, 4, 5]], 0);
@@ -167,8 +164,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_is_a_typed_error() {
-        let (cfg, shape) = tiny();
-        let err = build_learner(&cfg, Backend::Cuda, 0, &shape, 20)
+        let (mut cfg, shape) = tiny();
+        cfg.runtime.backend = Backend::Cuda;
+        let err = build_learner(&cfg, &shape, 20)
             .err()
             .expect("no cuda backend in this build");
         assert!(matches!(err, BuildError::NoCuda), "{err}");

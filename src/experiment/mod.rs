@@ -4,9 +4,10 @@
 //!
 //! This module is the library half: parsing and checking the file, planning the runs (every
 //! cell's config is loaded and validated before anything trains), reading a finished run's logs
-//! into a [`RunResult`], and the report. Starting the runs is the binary's job, because each
-//! run is a child process of the same binary: a crash of one run cannot take the grid down,
-//! and a run interrupted half way resumes from its own checkpoints on the next invocation.
+//! into a [`RunResult`], the report, and [`run_grid`], the pool that runs them. Each run is a
+//! child process of the `mos-runtime` executable, not a runtime in this process: a crash of one
+//! run cannot take the grid down, and a run interrupted half way resumes from its own
+//! checkpoints on the next invocation.
 //!
 //! A cell is finished when `<run dir>/result.json` exists; it is written (atomically) only
 //! after the run exited successfully and its log holds the final evaluation, so an interrupted
@@ -21,6 +22,9 @@ use crate::config::{Config, ConfigError};
 use crate::mixture::MixtureLogLine;
 use crate::report::{line_chart, read_jsonl, ReportError};
 use crate::runlog::{ExactMatch, RunRecord};
+
+mod pool;
+pub use pool::{run_grid, GridEvent, GridOptions, GridOutcome};
 
 /// Errors of the experiment runner; each names the file and, where it applies, the key or cell.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,14 @@ pub enum ExperimentError {
     /// A finished run's logs could not be read.
     #[error(transparent)]
     Log(#[from] ReportError),
+    /// A run's child process could not be started.
+    #[error("cannot start {}: {source}", exe.display())]
+    Spawn {
+        /// The executable.
+        exe: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A run's logs lack what a finished run has.
     #[error("{}: {message}", path.display())]
     Incomplete {
