@@ -297,10 +297,10 @@ impl MosScheduler {
     /// Pure `f64` arithmetic in a fixed order: feeding the same rewards to schedulers in the same
     /// state gives bit-identical results (what `replay` relies on). Fails, leaving the state
     /// untouched, if `rewards` does not have one entry per dataset or has a NaN/inf entry, or if
-    /// the state it would leave is not sound (see [`MosScheduler::update`]'s checks below).
+    /// the state it would leave is not sound.
     ///
     /// The update is computed on copies of the scorer and its Adam state, and committed only if
-    /// the whole new state passes: the scorer's parameters are finite
+    /// the whole new state is sound: the scorer's parameters are finite
     /// ([`MixtureError::UpdateDiverged`] otherwise); both Adam moments and its bias-correction
     /// powers are finite; every parameter that sets a logit can still move, i.e. the step an
     /// ordinary unit gradient would take, `lr / (sqrt(v_hat + 1) + eps)`, still changes it in
