@@ -3,8 +3,9 @@
 //! Library code records through the `metrics` facade using these constants; it never installs a
 //! recorder (the binary or the embedding host does). [`describe`] registers the descriptions, which
 //! `promtool check metrics` requires, and [`CATALOGUE`] is the documented list that tests compare
-//! against what the program really emits. Labels are bounded: `dataset` comes from the config and
-//! `reward` is `cossim` or `diff`; a step number is never a label.
+//! against what the program really emits. Labels are bounded: `dataset` comes from the config,
+//! `reward` is `cossim` or `diff` and `reason` is one of `mixture::REJECT_REASONS`; a step
+//! number is never a label.
 
 /// Kind of a metric in the Prometheus exposition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,7 @@ metrics_catalogue! {
     LOADER_EPOCHS = "mos_loader_epochs_total", Counter, ["dataset"], "Passes each loader completed over its training split.";
     REPORTS_DROPPED = "mos_reports_dropped_total", Counter, [], "Trainer reports dropped because a receiver's queue was full.";
     SCHEDULER_UPDATES = "mos_scheduler_updates_total", Counter, [], "Mixture updates performed by the scheduler.";
+    SCHEDULER_UPDATES_REJECTED = "mos_scheduler_updates_rejected_total", Counter, ["reason"], "Mixture updates refused, by reason; the mixture was kept and the run went on (a reward out of range or not finite, bad probe statistics, or a new scorer state that would not be finite, could no longer move or would give a dataset probability 0).";
     SCHEDULER_UPDATE_DURATION = "mos_scheduler_update_duration_seconds", Histogram, [], "Wall time of one scheduler update (scorer optimisation included).";
     REWARD = "mos_reward", Gauge, ["dataset", "reward"], "Raw reward of each dataset at the last update.";
     REWARD_SMOOTHED = "mos_reward_smoothed", Gauge, ["dataset", "reward"], "Reward after EMA smoothing (equal to the raw reward when the EMA is off).";

@@ -246,3 +246,40 @@ fn unusable_datasets_stop_start_up_naming_the_file() {
         "malformed tokenizer",
     );
 }
+
+#[test]
+fn a_prior_that_underflows_stops_the_run_naming_init_temperature() {
+    // A tiny temperature with unequal dataset sizes gives the smaller datasets a prior of
+    // exactly 0 (a -inf logit that no update could move); the run must refuse to start.
+    let c = Corpus::new();
+    let f = write_file(
+        c.dir.path(),
+        "tiny-tau.toml",
+        &tiny_config(
+            c.dir.path(),
+            &c.path("out"),
+            5,
+            "[scheduler]\nstrategy = \"mos\"\ninit_temperature = 0.0001\n",
+        ),
+    );
+    let o = Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&f)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    expect(
+        &o,
+        2,
+        &["scheduler.init_temperature", "probability exactly 0"],
+        "a prior that underflows",
+    );
+    // An ordinary temperature on the same data starts (the refusal was about the prior).
+    expect(
+        &check(&f, &["--set", "scheduler.init_temperature=10"]),
+        0,
+        &["OK"],
+        "the same config with an ordinary temperature",
+    );
+}

@@ -561,7 +561,9 @@ fn concurrent_clients_are_served_and_versions_count_accepted_updates() {
                     match i % 5 {
                         0 | 1 => {
                             let k = t * 50 + i;
-                            let body = json!({"step": k, "nll": {"now": nll_rows(k % 7 + 1, 3), "initial": nll_rows(0, 3)}});
+                            // No `step`: clients racing each other would send steps out of order,
+                            // which the service refuses (409); the default step never goes back.
+                            let body = json!({"nll": {"now": nll_rows(k % 7 + 1, 3), "initial": nll_rows(0, 3)}});
                             let r = post(addr, "/v1/updates", &body);
                             assert_eq!(r.status, 200, "{:?}", r.body);
                             accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1042,4 +1044,491 @@ fn arrays_in_another_order_named_by_datasets_give_the_same_update() {
     assert!(ua.raw.windows(2).all(|w| w[0] != w[1]), "{:?}", ua.raw);
     rt.block_on(a.shutdown()).unwrap();
     rt.block_on(b.shutdown()).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 20: no request may freeze, corrupt or crash the service.
+
+/// The service of `configs/service.toml`, as a new user starts it, on a free loopback port.
+fn start_shipped(rt: &tokio::runtime::Runtime, log: Option<&std::path::Path>) -> ServiceHandle {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/service.toml");
+    let mut cfg = mos_runtime::config::load_service_config(
+        &path,
+        &["service.listen=\"127.0.0.1:0\"".to_string()],
+        &[],
+    )
+    .unwrap();
+    cfg.service.token = Some(Secret::new(TOKEN));
+    cfg.service.mixture_log = log.map(std::path::Path::to_path_buf);
+    rt.block_on(async {
+        let listener = service::bind(&cfg).await.unwrap();
+        service::serve_with_env(&cfg, listener, &[]).await.unwrap()
+    })
+}
+
+#[test]
+fn the_issue_20_sequence_refuses_the_absurd_update_and_the_mixture_keeps_moving() {
+    let rt = tokio_rt();
+    let handle = start_shipped(&rt, None);
+    let addr = handle.addr();
+    let r = post(
+        addr,
+        "/v1/datasets",
+        &json!({"datasets": [{"name": "a", "size": 10}, {"name": "b", "size": 20}]}),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let prior = floats(&r.body["weights"]);
+    assert!((prior[0] - 0.483).abs() < 5e-4, "{prior:?}");
+    let r = post(
+        addr,
+        "/v1/updates",
+        &json!({"step": 1, "rewards": [0.5, 1.0]}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut last = floats(&r.body["after"]);
+    assert!((last[1] - 0.600).abs() < 5e-4, "{last:?}");
+
+    // The absurd update is refused, naming the field and the range, and changes nothing.
+    let before = observable(&handle);
+    let r = post(
+        addr,
+        "/v1/updates",
+        &json!({"step": 2, "rewards": [1e300, -5]}),
+    );
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    let msg = r.body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("rewards[0]") && msg.contains("accepted range"),
+        "{msg}"
+    );
+    assert_eq!(observable(&handle), before);
+    // So is a step that goes backwards.
+    let r = post(
+        addr,
+        "/v1/updates",
+        &json!({"step": 0, "rewards": [0.5, 1.0]}),
+    );
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("step"));
+    assert_eq!(observable(&handle), before);
+
+    // Ordinary updates go on moving the mixture towards the larger reward.
+    for step in 3..8 {
+        let r = post(
+            addr,
+            "/v1/updates",
+            &json!({"step": step, "rewards": [0.5, 1.0]}),
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let after = floats(&r.body["after"]);
+        assert!(after[1] > last[1], "step {step}: {last:?} -> {after:?}");
+        last = after;
+    }
+    assert_eq!(handle.mixture().unwrap().version, 6);
+    rt.block_on(handle.shutdown()).unwrap();
+}
+
+#[test]
+fn a_step_that_goes_backwards_is_refused_and_an_omitted_one_never_goes_back() {
+    let rt = tokio_rt();
+    let handle = start(&rt, &service_config(diff_ema()));
+    let addr = handle.addr();
+    assert_eq!(register(addr).status, 201);
+    let ok = |step: Option<u64>| {
+        let mut body = json!({"rewards": [2.0, 1.0, 1.0, 0.5]});
+        if let Some(s) = step {
+            body["step"] = json!(s);
+        }
+        post(addr, "/v1/updates", &body)
+    };
+    assert_eq!(ok(Some(10)).status, 200);
+    let before = observable(&handle);
+    let r = ok(Some(9));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let msg = r.body["error"].as_str().unwrap();
+    assert!(msg.contains("step: 9") && msg.contains("10"), "{msg}");
+    assert_eq!(observable(&handle), before);
+    // The same step again is not backwards.
+    assert_eq!(ok(Some(10)).status, 200);
+    // Without a step the record takes the new version (3) or the last step (10), the larger.
+    let r = ok(None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (r.body["version"].clone(), r.body["step"].clone()),
+        (json!(3), json!(10))
+    );
+    assert_eq!(ok(Some(5)).status, 409);
+    let steps: Vec<u64> = handle
+        .core()
+        .history(0, None)
+        .unwrap()
+        .updates
+        .iter()
+        .map(|u| u.step)
+        .collect();
+    assert_eq!(steps, [10, 10, 10]);
+    rt.block_on(handle.shutdown()).unwrap();
+}
+
+#[test]
+fn a_prior_entry_of_zero_is_refused_at_registration_naming_its_cause() {
+    let rt = tokio_rt();
+    let tiny = SchedulerConfig {
+        init_temperature: mos_runtime::config::Temperature(1e-4),
+        ..diff_ema()
+    };
+    let handle = start(&rt, &service_config(tiny));
+    let addr = handle.addr();
+    // q_tau underflows to exactly 0 for `a`: its logit would be -inf and the mixture frozen.
+    let r = post(
+        addr,
+        "/v1/datasets",
+        &json!({"datasets": [{"name": "a", "size": 10}, {"name": "b", "size": 20}]}),
+    );
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    let msg = r.body["error"].as_str().unwrap();
+    assert!(msg.contains("scheduler.init_temperature"), "{msg}");
+    assert_eq!(observable(&handle), (None, None, 0));
+    // An empty dataset among others is refused by name.
+    let r = post(
+        addr,
+        "/v1/datasets",
+        &json!({"datasets": [{"name": "a", "size": 5}, {"name": "b", "size": 0}]}),
+    );
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("datasets[1].size"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(observable(&handle), (None, None, 0));
+    // Equal sizes never underflow, whatever the temperature; the registration then learns.
+    let r = post(
+        addr,
+        "/v1/datasets",
+        &json!({"datasets": [{"name": "a", "size": 10}, {"name": "b", "size": 10}]}),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = post(addr, "/v1/updates", &json!({"rewards": [1.0, 0.5]}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(floats(&r.body["after"])[0] > 0.5);
+    rt.block_on(handle.shutdown()).unwrap();
+}
+
+/// One request of the property test below, drawn at random: mostly well-formed updates with
+/// ordinary or extreme values, often malformed or out of order, sometimes a read, a wrong token
+/// or a second registration. Returns the method, the path, whether to send the token, and the
+/// body.
+fn random_request(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    names: &[String],
+    step: &mut u64,
+) -> (&'static str, String, bool, Vec<u8>) {
+    use rand::Rng;
+    let n = names.len();
+    let extreme = |rng: &mut rand_chacha::ChaCha8Rng, ordinary: f64| -> Value {
+        // One value in five is extreme, so that most vectors are still ordinary ones.
+        match rng.random_range(0..40) {
+            0 => json!(1e300),
+            1 => json!(-1e300),
+            2 => json!(1e6),
+            3 => json!(-1e6),
+            4 => json!(0.0),
+            5 => json!(1e-300),
+            6 => json!(f64::MAX),
+            7 => json!(10f64.powi(rng.random_range(-12..12))),
+            _ => json!(ordinary),
+        }
+    };
+    let rows = if rng.random_range(0..15) == 0 {
+        n + 1
+    } else {
+        n
+    };
+    let mut body = match rng.random_range(0..20) {
+        0..=5 => {
+            let r: Vec<Value> = (0..rows)
+                .map(|_| {
+                    let x = rng.random_range(0.0..2.0);
+                    extreme(rng, x)
+                })
+                .collect();
+            json!({ "rewards": r })
+        }
+        6..=10 => {
+            let len = rng.random_range(1..4);
+            let initial: Vec<Vec<f64>> = (0..rows)
+                .map(|_| (0..len).map(|_| rng.random_range(1.0..4.0)).collect())
+                .collect();
+            let now: Vec<Vec<Value>> = initial
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|&x| {
+                            let y = x * rng.random_range(0.5..1.2);
+                            extreme(rng, y)
+                        })
+                        .collect()
+                })
+                .collect();
+            if rng.random_bool(0.5) {
+                json!({"nll": {"now": now, "initial": initial}})
+            } else {
+                json!({"perplexities": {"now": now, "initial": initial}})
+            }
+        }
+        11..=14 => {
+            let dim = rng.random_range(1..5);
+            let z: Vec<Vec<Value>> = (0..rows)
+                .map(|_| {
+                    (0..dim)
+                        .map(|_| {
+                            let x = rng.random_range(-1.0..1.0);
+                            extreme(rng, x)
+                        })
+                        .collect()
+                })
+                .collect();
+            json!({ "embeddings": z })
+        }
+        15 => {
+            // Malformed bytes: garbage, a truncated body, a wrong type, a literal JSON lacks.
+            let raw: &[&[u8]] = &[
+                b"{\"rewards\": [1, 2",
+                b"\xff\x00{}",
+                b"{\"rewards\": \"many\"}",
+                b"{\"rewards\": [1e999, 1]}",
+                b"{\"rewards\": [NaN]}",
+                b"[]",
+                b"",
+            ];
+            let body = raw[rng.random_range(0..raw.len())].to_vec();
+            return ("POST", "/v1/updates".into(), true, body);
+        }
+        16 => {
+            let path = [
+                "/v1/mixture",
+                "/v1/health",
+                "/v1/history?since=1&limit=3",
+                "/v1/nope",
+            ][rng.random_range(0..4)];
+            return ("GET", path.into(), false, Vec::new());
+        }
+        17 => {
+            let body = json!({"datasets": [{"name": "x", "size": 3}]}).to_string();
+            return ("POST", "/v1/datasets".into(), true, body.into_bytes());
+        }
+        18 => {
+            let body = json!({"rewards": vec![1.0; n]}).to_string();
+            return ("POST", "/v1/updates".into(), false, body.into_bytes());
+        }
+        _ => json!({"rewards": vec![1.0; n], "bogus": true}),
+    };
+    // Steps: mostly increasing, sometimes absent, sometimes out of order.
+    match rng.random_range(0..6) {
+        0 => {}
+        1 => body["step"] = json!(rng.random_range(0..(*step).max(1))),
+        _ => {
+            *step += rng.random_range(0..3);
+            body["step"] = json!(*step);
+        }
+    }
+    if rng.random_range(0..8) == 0 {
+        let mut order: Vec<&String> = names.iter().collect();
+        order.reverse();
+        body["datasets"] = json!(order);
+    }
+    (
+        "POST",
+        "/v1/updates".into(),
+        true,
+        body.to_string().into_bytes(),
+    )
+}
+
+/// The whole scheduler state behind the service is sound (independently of the checks the
+/// update runs: through the accessors), and an ordinary update on a copy moves the mixture.
+fn assert_live_state_sound(handle: &ServiceHandle, kind: RewardKind, what: &str) {
+    use mos_runtime::mixture::{MixtureStrategy, Strategy as S, UpdateInput};
+    let Some(S::Mos(m)) = handle.core().strategy() else {
+        panic!("{what}: no MoS scheduler")
+    };
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    assert!(finite(m.scorer().params()), "{what}: scorer");
+    assert!(finite(m.adam().first_moment()), "{what}: Adam m");
+    assert!(finite(m.adam().second_moment()), "{what}: Adam v");
+    assert!(m.smoothed().is_none_or(finite), "{what}: EMA");
+    let mut copy = S::Mos(m);
+    let before = copy.probs();
+    assert!(
+        before.iter().all(|p| p.is_finite() && *p > 0.0),
+        "{what}: {before:?}"
+    );
+    let r: Vec<f64> = (0..before.len())
+        .map(|i| 0.25 + 0.5 * (i % 2) as f64)
+        .collect();
+    let after = copy
+        .apply(&UpdateInput {
+            reward: kind,
+            raw: r.clone(),
+            smoothed: r,
+        })
+        .unwrap_or_else(|e| panic!("{what}: an ordinary update was refused: {e}"));
+    let moved = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b).abs() / b)
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-9, "{what}: the mixture cannot move ({moved:e})");
+}
+
+#[test]
+fn random_request_sequences_never_fail_the_service_or_freeze_the_mixture() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        diff_ema(),
+        SchedulerConfig {
+            reward: RewardKind::Cossim,
+            scorer: mos_runtime::config::ScorerKind::Mlp,
+            ..diff_ema()
+        },
+        SchedulerConfig {
+            ema: false,
+            target: Some("d0".into()),
+            ..diff_ema()
+        },
+    ];
+    let allowed = [200, 201, 400, 401, 404, 405, 409, 413, 422];
+    for (case, settings) in cases.into_iter().enumerate() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2000 + case as u64);
+        let kind = settings.reward;
+        let log = dir.path().join(format!("case{case}.jsonl"));
+        let mut cfg = service_config(SchedulerConfig {
+            scorer_steps: 40,
+            ..settings
+        });
+        cfg.service.max_body_bytes = 1 << 16;
+        cfg.service.mixture_log = Some(log.clone());
+        let rt = tokio_rt();
+        let handle = start(&rt, &cfg);
+        let addr = handle.addr();
+        let n = rng.random_range(2..6);
+        let names: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+        let datasets: Vec<Value> = names
+            .iter()
+            .map(|name| json!({"name": name, "size": rng.random_range(1..1_000_000u64)}))
+            .collect();
+        assert_eq!(
+            post(addr, "/v1/datasets", &json!({ "datasets": datasets })).status,
+            201
+        );
+
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::<UpdateRecord>::new()));
+        let check = |r: &Reply, what: &str| {
+            assert!(
+                allowed.contains(&r.status),
+                "{what}: status {} {:?}",
+                r.status,
+                r.body
+            );
+        };
+        let send = |(method, path, auth, body): (&str, String, bool, Vec<u8>)| {
+            let bearer = format!("Bearer {TOKEN}");
+            let a = auth.then_some(bearer.as_str());
+            (path.clone(), request(addr, method, &path, a, &body))
+        };
+        // One client, the state inspected after every accepted update.
+        let mut step = 0;
+        for k in 0..60 {
+            let req = random_request(&mut rng, &names, &mut step);
+            let (path, r) = send(req);
+            let what = format!("case {case}, request {k} ({path})");
+            check(&r, &what);
+            if path == "/v1/updates" && r.status == 200 {
+                let u: UpdateRecord = serde_json::from_value(r.body).unwrap();
+                accepted.lock().unwrap().push(u);
+                assert_live_state_sound(&handle, kind, &what);
+            }
+        }
+        // Several clients at once.
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let names = names.clone();
+                let accepted = accepted.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(case as u64 * 100 + t);
+                    let mut step = 60;
+                    for k in 0..40 {
+                        let (method, path, auth, body) =
+                            random_request(&mut rng, &names, &mut step);
+                        let bearer = format!("Bearer {TOKEN}");
+                        let r =
+                            request(addr, method, &path, auth.then_some(bearer.as_str()), &body);
+                        assert!(
+                            allowed.contains(&r.status),
+                            "case {case}, thread {t}, request {k} ({path}): {} {:?}",
+                            r.status,
+                            r.body
+                        );
+                        if path == "/v1/updates" && r.status == 200 {
+                            let u: UpdateRecord = serde_json::from_value(r.body).unwrap();
+                            accepted.lock().unwrap().push(u);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_live_state_sound(&handle, kind, &format!("case {case}, after the clients"));
+
+        // `history` holds every accepted version once, in order, each continuing the previous.
+        let history = handle.core().history(0, None).unwrap();
+        let mut accepted = accepted.lock().unwrap().clone();
+        accepted.sort_by_key(|u| u.version);
+        assert!(
+            accepted.len() >= 30,
+            "case {case}: only {} accepted",
+            accepted.len()
+        );
+        assert_eq!(history.updates.len(), accepted.len(), "case {case}");
+        let mut prev = history.start.prior.clone();
+        let mut last_step = 0;
+        for (k, (h, a)) in history.updates.iter().zip(&accepted).enumerate() {
+            assert_eq!(h.version, k as u64 + 1, "case {case}");
+            assert_eq!(
+                h, a,
+                "case {case}: version {} as answered and as recorded",
+                h.version
+            );
+            assert_eq!(
+                bits(&h.before),
+                bits(&prev),
+                "case {case}: version {}",
+                h.version
+            );
+            assert!(
+                h.step >= last_step,
+                "case {case}: step went back at {}",
+                h.version
+            );
+            prev = h.after.clone();
+            last_step = h.step;
+        }
+        assert_eq!(bits(&prev), bits(&handle.mixture().unwrap().weights));
+        // A following ordinary update moves the mixture, through the API too.
+        let r = post(addr, "/v1/updates", &json!({"rewards": vec![1.0; n]}));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_ne!(bits(&floats(&r.body["after"])), bits(&prev), "case {case}");
+        rt.block_on(handle.shutdown()).unwrap();
+        // `replay` of the service's log reproduces every version bit for bit.
+        let replayed = mos_runtime::replay::replay(&log).unwrap();
+        assert_eq!(replayed.updates, accepted.len() + 1, "case {case}");
+        assert_eq!(bits(&replayed.last), bits(&floats(&r.body["after"])));
+    }
 }

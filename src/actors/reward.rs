@@ -147,10 +147,14 @@ impl Actor for RewardActor {
         let input = match state.args.estimator.estimate(&input) {
             Ok(o) => o,
             Err(e) => {
-                // A NaN perplexity (diverged model) must not poison the EMA or the scorer: the
-                // report is dropped, counted and logged, and the mixture stays as it is.
-                tracing::warn!(step = report.step, error = %e, "probe report rejected: mixture kept");
-                metrics::counter!(crate::telemetry::REPORTS_DROPPED).increment(1);
+                // A NaN perplexity or a reward outside its range (diverged model) must not
+                // poison the EMA or the scorer: the update is refused, counted under its reason
+                // and logged, and the mixture stays as it is. It is counted here, not in
+                // `mos_reports_dropped_total`, which counts reports a full queue turned away.
+                let reason = e.reject_reason();
+                tracing::warn!(step = report.step, reason, error = %e, "probe report rejected: mixture kept");
+                metrics::counter!(crate::telemetry::SCHEDULER_UPDATES_REJECTED, "reason" => reason)
+                    .increment(1);
                 // A tick keeps the one-report-one-publish rule that deterministic runs rely on.
                 let _ = state.args.scheduler.send(SchedulerMsg::Tick {
                     step: report.step,

@@ -17,7 +17,7 @@ use super::gate::Gated;
 use crate::config::RewardKind;
 use crate::mixture::{
     reward_label, MixtureBoard, MixtureError, MixtureLogLine, MixtureStrategy, StartRecord,
-    Strategy, UpdateInput, UpdateRecord,
+    Strategy, UpdateInput, UpdateRecord, REJECT_REASONS,
 };
 use crate::runlog::JsonlWriter;
 use crate::telemetry;
@@ -87,6 +87,38 @@ pub struct SchedulerArgs {
     pub resume: bool,
 }
 
+/// Registers `mos_scheduler_updates_rejected_total` at 0 for every reason, so that a healthy
+/// run exports zeros (a dashboard then shows 0, not "no data").
+fn register_rejection_counters() {
+    for reason in REJECT_REASONS {
+        metrics::counter!(telemetry::SCHEDULER_UPDATES_REJECTED, "reason" => reason).increment(0);
+    }
+}
+
+/// Applies an update's input, or keeps the mixture when the strategy refuses it. A refusal (a
+/// reward outside its range, a new state that would not be finite or could no longer move) is
+/// all or nothing, so the strategy is untouched: the skip is logged and counted under its reason
+/// and the run goes on. The input is still returned, so the log line records what was refused
+/// (and `replay`, which refuses it the same way, reproduces the kept mixture).
+fn apply_or_skip(
+    strategy: &mut Strategy,
+    step: u64,
+    input: UpdateInput,
+) -> (Vec<f64>, Option<UpdateInput>) {
+    match strategy.apply(&input) {
+        Ok(p) => (p, Some(input)),
+        // Rewards for a strategy that learns nothing publish it unchanged, as a tick.
+        Err(MixtureError::NotLearned) => (strategy.probs(), None),
+        Err(e) => {
+            let reason = e.reject_reason();
+            tracing::warn!(step, reason, error = %e, "scheduler update rejected: mixture kept");
+            metrics::counter!(telemetry::SCHEDULER_UPDATES_REJECTED, "reason" => reason)
+                .increment(1);
+            (strategy.probs(), Some(input))
+        }
+    }
+}
+
 /// The scheduler actor. Its mailbox takes [`Gated`] messages: send through a
 /// [`GatedSender`](super::GatedSender).
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,6 +141,7 @@ impl Actor for SchedulerActor {
         _myself: ActorRef<Self::Msg>,
         args: SchedulerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        register_rejection_counters();
         let mut log = JsonlWriter::append(&args.log_path)?;
         if !args.resume {
             log.write(&MixtureLogLine::Start(args.start.clone()))?;
@@ -169,18 +202,9 @@ impl Actor for SchedulerActor {
             SchedulerMsg::Snapshot { .. } | SchedulerMsg::Flush(_) => return Ok(()),
         };
         // An update is a few hundred Adam steps over N floats: microseconds to a few
-        // milliseconds, fine on a tokio worker. A refused input (NaN from a diverged model)
-        // leaves the strategy untouched: the mixture is kept and the problem logged.
+        // milliseconds, fine on a tokio worker.
         let (after, input) = match input {
-            Some(input) => match args.strategy.apply(&input) {
-                Ok(p) => (p, Some(input)),
-                // Rewards for a strategy that learns nothing publish it unchanged, as a tick.
-                Err(MixtureError::NotLearned) => (args.strategy.probs(), None),
-                Err(e) => {
-                    tracing::warn!(step, error = %e, "scheduler update rejected: mixture kept");
-                    (args.strategy.probs(), Some(input))
-                }
-            },
+            Some(input) => apply_or_skip(&mut args.strategy, step, input),
             None => (args.strategy.probs(), None),
         };
         let (reward, raw, smoothed) = match input {
@@ -213,5 +237,128 @@ impl Actor for SchedulerActor {
         metrics::histogram!(telemetry::SCHEDULER_UPDATE_DURATION)
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::{SchedulerConfig, Strategy as StrategyKind};
+    use crate::mixture::MosScheduler;
+
+    /// Counters only, keyed `name{label=value,...}`; enough to see what the actor counts.
+    #[derive(Default)]
+    struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
+
+    impl Counters {
+        fn get(&self, reason: &str) -> Option<u64> {
+            let key = format!(
+                "{}{{reason={reason}}}",
+                telemetry::SCHEDULER_UPDATES_REJECTED
+            );
+            let map = self.0.lock().unwrap();
+            map.get(&key).map(|c| c.load(Ordering::SeqCst))
+        }
+    }
+
+    impl metrics::Recorder for Counters {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let c = Arc::clone(self.0.lock().unwrap().entry(name).or_default());
+            metrics::Counter::from_arc(c)
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    fn mos() -> Strategy {
+        let settings = SchedulerConfig {
+            strategy: StrategyKind::Mos,
+            ..SchedulerConfig::default()
+        };
+        Strategy::Mos(Box::new(
+            MosScheduler::new(&settings, &[10, 20], None, 1).unwrap(),
+        ))
+    }
+
+    fn input(rewards: [f64; 2]) -> UpdateInput {
+        UpdateInput {
+            reward: RewardKind::Cossim,
+            raw: rewards.to_vec(),
+            smoothed: rewards.to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_rejection_reason_is_registered_at_zero() {
+        let counters = Counters::default();
+        metrics::with_local_recorder(&counters, register_rejection_counters);
+        for reason in REJECT_REASONS {
+            assert_eq!(counters.get(reason), Some(0), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_refused_update_is_a_counted_skip_and_the_next_one_applies() {
+        let counters = Counters::default();
+        let mut strategy = mos();
+        let before = strategy.clone();
+        let absurd = input([1e300, -5.0]);
+        let (kept, logged) = metrics::with_local_recorder(&counters, || {
+            apply_or_skip(&mut strategy, 7, absurd.clone())
+        });
+        assert_eq!(strategy, before, "a refused update changed the strategy");
+        assert_eq!(kept, before.probs());
+        assert_eq!(logged, Some(absurd), "the refused input is still logged");
+        assert_eq!(counters.get("reward_out_of_range"), Some(1));
+        assert_eq!(counters.get("non_finite_state"), None);
+        // The run goes on: an ordinary update afterwards moves the mixture.
+        let (moved, _) = metrics::with_local_recorder(&counters, || {
+            apply_or_skip(&mut strategy, 8, input([0.5, 1.0]))
+        });
+        assert_ne!(moved, kept);
+        assert_eq!(strategy.updates(), 1);
+        assert_eq!(counters.get("reward_out_of_range"), Some(1));
     }
 }

@@ -67,6 +67,47 @@ impl Adam {
         self.t
     }
 
+    /// The first moment (one entry per parameter).
+    pub fn first_moment(&self) -> &[f64] {
+        &self.m
+    }
+
+    /// The second moment (one entry per parameter).
+    pub fn second_moment(&self) -> &[f64] {
+        &self.v
+    }
+
+    /// The first part of this state that is not finite, as the field's name and the entry:
+    /// `adam.m`, `adam.v` (also for a negative entry, which the update cannot produce) or
+    /// `adam.beta_powers` (entry 0 for beta1's, 1 for beta2's).
+    pub(crate) fn non_finite(&self) -> Option<(&'static str, usize)> {
+        if let Some(i) = self.m.iter().position(|x| !x.is_finite()) {
+            return Some(("adam.m", i));
+        }
+        if let Some(i) = self.v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Some(("adam.v", i));
+        }
+        [self.beta1_pow, self.beta2_pow]
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| ("adam.beta_powers", i))
+    }
+
+    /// The size of the step parameter `k` would take from an ordinary gradient of 1 (the size of
+    /// an ordinary reward) if the second moment already held it: `lr / (sqrt(v_hat + 1) + eps)`,
+    /// with `v_hat` the bias-corrected second moment (0 before the first step). The scheduler
+    /// refuses an update after which this no longer changes a logit (see
+    /// [`super::StateFault::CannotMove`]); Adam's first moment is left out on purpose, so that
+    /// stale momentum cannot pass for the ability to follow a new gradient.
+    pub(crate) fn unit_step(&self, k: usize, lr: f64) -> f64 {
+        let v_hat = if self.t == 0 {
+            0.0
+        } else {
+            self.v[k] / (1.0 - self.beta2_pow)
+        };
+        lr / ((v_hat + 1.0).sqrt() + self.eps)
+    }
+
     /// One Adam step: `params -= lr * m_hat / (sqrt(v_hat) + eps)`. Allocates nothing.
     ///
     /// # Panics

@@ -42,13 +42,42 @@ pub fn q_tau(sizes: &[u64], tau: f64) -> Vec<f64> {
     out
 }
 
+/// The MoS scorer's starting mixture: `q_tau(sizes, tau)` (method.md 2), refused when an entry
+/// is exactly 0.
+///
+/// A zero entry would become a `-inf` logit, which no REINFORCE step can move and which every
+/// later update's finiteness check would trip on: the mixture would freeze for the whole run.
+/// It arises from a dataset of size 0 ([`MixtureError::EmptyDataset`]) or from a temperature so
+/// small that `q(i)^(1/tau)` underflows for a smaller dataset ([`MixtureError::PriorUnderflow`],
+/// naming `scheduler.init_temperature`). Refusing it at start-up is what a user can act on; a
+/// dataset that must never be sampled can simply be left out.
+pub fn mos_prior(sizes: &[u64], tau: f64) -> Result<Vec<f64>, MixtureError> {
+    if sizes.is_empty() {
+        return Err(MixtureError::NoDatasets);
+    }
+    if sizes.iter().all(|&m| m == 0) {
+        return Err(MixtureError::AllEmpty);
+    }
+    if tau.is_nan() || tau <= 0.0 {
+        return Err(MixtureError::InvalidTemperature(tau));
+    }
+    if let Some(index) = sizes.iter().position(|&m| m == 0) {
+        return Err(MixtureError::EmptyDataset { index });
+    }
+    let q = q_tau(sizes, tau);
+    if let Some(index) = q.iter().position(|&x| x == 0.0) {
+        return Err(MixtureError::PriorUnderflow { index, tau });
+    }
+    Ok(q)
+}
+
 /// The mixture of a static strategy (method.md 5).
 ///
 /// - `Uniform`: `q_tau` with tau = inf; `Proportional`: tau = 1; `Temperature`: tau =
 ///   `temperature`.
 /// - `Fixed`: `weights` normalised to sum to 1; every weight must be present, positive, finite.
-/// - `Mos`: the scorer's starting point, `q_tau` with tau = `temperature` (callers pass
-///   `scheduler.init_temperature`).
+/// - `Mos`: the scorer's starting point, [`mos_prior`] with tau = `temperature` (callers pass
+///   `scheduler.init_temperature`), which refuses a zero entry.
 ///
 /// `weights` is only read for `Fixed` (it must then have one entry per dataset).
 pub fn static_mixture(
@@ -63,7 +92,8 @@ pub fn static_mixture(
     let tau = match strategy {
         Strategy::Uniform => f64::INFINITY,
         Strategy::Proportional => 1.0,
-        Strategy::Temperature | Strategy::Mos => temperature,
+        Strategy::Temperature => temperature,
+        Strategy::Mos => return mos_prior(sizes, temperature),
         Strategy::Fixed => return fixed_mixture(sizes.len(), weights),
     };
     if tau.is_nan() || tau <= 0.0 {

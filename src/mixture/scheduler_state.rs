@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    cossim_rewards, cossim_target_rewards, diff_rewards, exact, mospec_diff, q_tau, Adam, Ema,
-    MixtureError, Scorer, REWARD_FLOOR,
+    cossim_rewards, cossim_target_rewards, diff_rewards, exact, mos_prior, mospec_diff,
+    reward_range, Adam, Ema, MixtureError, Scorer, StateFault, REWARD_FLOOR,
+    REWARD_SCALE_THRESHOLD,
 };
 use crate::config::{RewardKind, SchedulerConfig};
 
@@ -58,29 +59,25 @@ impl MosScheduler {
     /// cfg.init_temperature)`. `target` is the MoSpec target's dataset index (resolve
     /// `cfg.target`'s name with `Config::dataset_index`); `seed` seeds the MLP scorer's
     /// initialisation (unused by `Logits`).
+    ///
+    /// Refuses a prior with an entry of exactly 0 ([`mos_prior`]: a dataset of size 0, or a
+    /// `scheduler.init_temperature` so small that the prior underflows), which would otherwise
+    /// freeze the mixture at the first update.
     pub fn new(
         cfg: &SchedulerConfig,
         sizes: &[u64],
         target: Option<usize>,
         seed: u64,
     ) -> Result<Self, MixtureError> {
-        let n = sizes.len();
-        if n == 0 {
-            return Err(MixtureError::NoDatasets);
-        }
-        if sizes.iter().all(|&m| m == 0) {
-            return Err(MixtureError::AllEmpty);
-        }
-        let tau = cfg.init_temperature.0;
-        if tau.is_nan() || tau <= 0.0 {
-            return Err(MixtureError::InvalidTemperature(tau));
-        }
-        Self::from_mixture(cfg, &q_tau(sizes, tau), target, seed)
+        let prior = mos_prior(sizes, cfg.init_temperature.0)?;
+        Self::from_mixture(cfg, &prior, target, seed)
     }
 
     /// A scheduler whose scorer starts from the mixture `p` instead of `q_tau` (used when a
     /// resumed run's dataset list changed: the old mixture, remapped by name, is the start).
-    /// Adam moments, EMA and the update count start fresh.
+    /// Adam moments, EMA and the update count start fresh. Refuses a mixture with an entry of
+    /// exactly 0 (its logit would be `-inf`, which no update can move) and a
+    /// `scheduler.scorer_lr` too small to change the scorer's logits at all.
     pub fn from_mixture(
         cfg: &SchedulerConfig,
         p: &[f64],
@@ -121,8 +118,25 @@ impl MosScheduler {
             cfg.target_boost.is_finite() && cfg.target_boost > 0.0,
             "must be positive and finite",
         )?;
+        if let Some(i) = p.iter().position(|&x| x == 0.0) {
+            return Err(MixtureError::InvalidPrior(format!(
+                "entry {i} is 0; the MoS scorer needs every starting probability to be positive \
+                 (a zero becomes a -inf logit that no update can move)"
+            )));
+        }
         let scorer = Scorer::new(cfg.scorer, p, seed)?;
         let adam = Adam::new(scorer.n_params());
+        if let Some(index) = stuck_param(&scorer, &adam, cfg.scorer_lr) {
+            return Err(MixtureError::InvalidSetting {
+                key: "scheduler.scorer_lr",
+                message: format!(
+                    "{:e} is too small to move the scorer: a step of that size leaves its \
+                     parameter {index} ({}) unchanged in f64",
+                    cfg.scorer_lr,
+                    scorer.params()[index]
+                ),
+            });
+        }
         Ok(Self {
             reward: cfg.reward,
             ema_enabled: cfg.ema,
@@ -182,8 +196,10 @@ impl MosScheduler {
     /// MoSpec if a target is set, then the EMA if enabled (updating the EMA state).
     ///
     /// Fails, leaving the state untouched, if the input is of the other family, does not have one
-    /// entry per dataset, is ragged or empty, or contains a value that would make a reward
-    /// non-finite (NaN/inf embeddings, non-positive or non-finite perplexities).
+    /// entry per dataset, is ragged or empty, contains a value that would make a reward
+    /// non-finite (NaN/inf embeddings, non-positive or non-finite perplexities), or gives a
+    /// reward outside its family's accepted range ([`super::reward_range`]: a perplexity ratio
+    /// above a million means a diverged model, not a dataset to favour).
     pub fn rewards_from_probes(
         &mut self,
         input: &ProbeInput,
@@ -254,8 +270,20 @@ impl MosScheduler {
             // Finite inputs can still overflow (a ratio of 1e308 / 1e-308).
             return Err(MixtureError::NonFiniteReward { index, value });
         }
+        check_range(self.reward, &raw)?;
         let smoothed = if self.ema_enabled {
-            self.ema.observe(&raw)
+            // On a copy, committed only if the new average is finite (it is a convex combination
+            // of accepted rewards, so this is a last line of defence rather than a likely path).
+            let mut ema = self.ema.clone();
+            let smoothed = ema.observe(&raw);
+            if let Some(index) = smoothed.iter().position(|x| !x.is_finite()) {
+                return Err(MixtureError::StateRefused {
+                    field: "ema",
+                    fault: StateFault::NotFinite { index },
+                });
+            }
+            self.ema = ema;
+            smoothed
         } else {
             raw.clone()
         };
@@ -268,7 +296,20 @@ impl MosScheduler {
     ///
     /// Pure `f64` arithmetic in a fixed order: feeding the same rewards to schedulers in the same
     /// state gives bit-identical results (what `replay` relies on). Fails, leaving the state
-    /// untouched, if `rewards` does not have one entry per dataset or has a NaN/inf entry.
+    /// untouched, if `rewards` does not have one entry per dataset or has a NaN/inf entry, or if
+    /// the state it would leave is not sound.
+    ///
+    /// The update is computed on copies of the scorer and its Adam state, and committed only if
+    /// the whole new state is sound: the scorer's parameters are finite
+    /// ([`MixtureError::UpdateDiverged`] otherwise); both Adam moments and its bias-correction
+    /// powers are finite; every parameter that sets a logit can still move, i.e. the step an
+    /// ordinary unit gradient would take, `lr / (sqrt(v_hat + 1) + eps)`, still changes it in
+    /// `f64` (a huge reward can leave the second moment so large, or infinite, that no later
+    /// update moves the mixture: the freeze of issue 20); and the mixture gives no dataset
+    /// probability exactly 0. The step counters are `u64`s, which cannot become non-finite.
+    /// This is the method's update with the rewards as given; [`MosScheduler::apply_rewards`]
+    /// adds the accepted range and the scaling of large rewards, and is what the runtime, the
+    /// service and `replay` call.
     pub fn update(&mut self, rewards: &[f64]) -> Result<Vec<f64>, MixtureError> {
         check_len("rewards", self.n_datasets(), rewards.len())?;
         if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
@@ -276,22 +317,129 @@ impl MosScheduler {
         }
         let clipped: Vec<f64> = rewards.iter().map(|&r| r.max(REWARD_FLOOR)).collect();
         // Finite rewards can still overflow inside the update (e.g. two rewards near f64::MAX
-        // sum to infinity); work on copies and keep them only if the scorer stays finite, so a
-        // bad update is refused instead of silently turning the mixture uniform.
+        // sum to infinity, or one above 1e154 squares to infinity in Adam's second moment); work
+        // on copies and keep them only if the whole state stays usable, so a bad update is
+        // refused instead of silently turning the mixture uniform or freezing it.
         let mut scorer = self.scorer.clone();
         let mut adam = self.adam.clone();
         scorer.reinforce(&mut adam, &clipped, self.scorer_lr, self.scorer_steps);
-        let finite = match &scorer {
-            Scorer::Logits { w } => w.iter().all(|x| x.is_finite()),
-            Scorer::Mlp(m) => m.params().iter().all(|x| x.is_finite()),
-        };
-        if !finite {
-            return Err(MixtureError::UpdateDiverged);
-        }
+        let probs = checked_probs(&scorer, &adam, self.scorer_lr)?;
         self.scorer = scorer;
         self.adam = adam;
         self.updates += 1;
-        Ok(self.probs())
+        Ok(probs)
+    }
+
+    /// The update the runtime, the service and `replay` apply (through
+    /// `MixtureStrategy::apply`): `rewards` of family `kind` are refused outside
+    /// [`super::reward_range`], scaled down by one common factor when their largest entry (after
+    /// the floor) is above [`REWARD_SCALE_THRESHOLD`], and passed to [`MosScheduler::update`].
+    /// Rewards whose largest entry is at most the threshold are passed on untouched, so results
+    /// for ordinary rewards are bit-identical to `update`'s.
+    pub fn apply_rewards(
+        &mut self,
+        kind: RewardKind,
+        rewards: &[f64],
+    ) -> Result<Vec<f64>, MixtureError> {
+        check_len("rewards", self.n_datasets(), rewards.len())?;
+        check_range(kind, rewards)?;
+        let largest = rewards.iter().fold(REWARD_FLOOR, |m, &r| m.max(r));
+        if largest <= REWARD_SCALE_THRESHOLD {
+            return self.update(rewards);
+        }
+        let scale = REWARD_SCALE_THRESHOLD / largest;
+        let scaled: Vec<f64> = rewards
+            .iter()
+            .map(|&r| (r.max(REWARD_FLOOR) * scale).max(REWARD_FLOOR))
+            .collect();
+        self.update(&scaled)
+    }
+
+    /// Whether the whole state is sound: what every update checks before it commits (see
+    /// [`MosScheduler::update`]), applied to the current state. A scheduler built by this module
+    /// always passes; a state deserialised from a damaged checkpoint may not.
+    pub fn check_state(&self) -> Result<(), MixtureError> {
+        if let Some(index) = self
+            .ema
+            .state()
+            .and_then(|s| s.iter().position(|x| !x.is_finite()))
+        {
+            return Err(MixtureError::StateRefused {
+                field: "ema",
+                fault: StateFault::NotFinite { index },
+            });
+        }
+        checked_probs(&self.scorer, &self.adam, self.scorer_lr).map(|_| ())
+    }
+}
+
+/// The first parameter that sets a logit and that a unit gradient's Adam step could no longer
+/// change in `f64` (see [`StateFault::CannotMove`]).
+fn stuck_param(scorer: &Scorer, adam: &Adam, lr: f64) -> Option<usize> {
+    let params = scorer.params();
+    scorer.direct_params().find(|&k| {
+        let step = adam.unit_step(k, lr);
+        let p = params[k];
+        // Both directions: the spacing of f64 values halves below a power of two, so a step can
+        // register one way and not the other; a parameter that can move only one way is stuck
+        // for half of all gradients.
+        p - step == p || p + step == p
+    })
+}
+
+/// The mixture of a candidate state, or why the state must not be committed. The order of the
+/// checks is the order of the fields in [`MosScheduler::update`]'s documentation.
+fn checked_probs(scorer: &Scorer, adam: &Adam, lr: f64) -> Result<Vec<f64>, MixtureError> {
+    if scorer.params().iter().any(|x| !x.is_finite()) {
+        return Err(MixtureError::UpdateDiverged);
+    }
+    if let Some((field, index)) = adam.non_finite() {
+        return Err(MixtureError::StateRefused {
+            field,
+            fault: StateFault::NotFinite { index },
+        });
+    }
+    if let Some(index) = stuck_param(scorer, adam, lr) {
+        return Err(MixtureError::StateRefused {
+            field: "adam.v",
+            fault: StateFault::CannotMove { index },
+        });
+    }
+    let probs = scorer.probs();
+    if let Some(index) = probs.iter().position(|x| !x.is_finite()) {
+        return Err(MixtureError::StateRefused {
+            field: "mixture",
+            fault: StateFault::NotFinite { index },
+        });
+    }
+    if let Some(index) = probs.iter().position(|&x| x == 0.0) {
+        return Err(MixtureError::StateRefused {
+            field: "mixture",
+            fault: StateFault::Saturated { index },
+        });
+    }
+    Ok(probs)
+}
+
+/// Refuses a reward that is not finite or lies outside its family's accepted range.
+fn check_range(kind: RewardKind, rewards: &[f64]) -> Result<(), MixtureError> {
+    if let Some((index, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+        return Err(MixtureError::NonFiniteReward { index, value });
+    }
+    let (min, max) = reward_range(kind);
+    match rewards
+        .iter()
+        .enumerate()
+        .find(|(_, r)| !(min..=max).contains(*r))
+    {
+        Some((index, &value)) => Err(MixtureError::RewardOutOfRange {
+            index,
+            value,
+            kind,
+            min,
+            max,
+        }),
+        None => Ok(()),
     }
 }
 

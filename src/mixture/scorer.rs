@@ -193,6 +193,28 @@ impl Scorer {
         }
     }
 
+    /// Every trainable parameter, in the order of the matching [`Adam`]'s moments.
+    pub fn params(&self) -> &[f64] {
+        match self {
+            Scorer::Logits { w } => w,
+            Scorer::Mlp(m) => &m.params,
+        }
+    }
+
+    /// The parameters that each set one logit with a gradient of exactly that logit's: every
+    /// logit of `Logits`, the output biases `b2` of `Mlp`. If each of them can still move, the
+    /// mixture can (the scheduler's "can still move" check reads only these; an MLP's other
+    /// weights may legitimately be stuck, e.g. behind a saturated tanh unit).
+    pub(crate) fn direct_params(&self) -> std::ops::Range<usize> {
+        match self {
+            Scorer::Logits { w } => 0..w.len(),
+            Scorer::Mlp(m) => {
+                let (_, _, b2) = MlpScorer::offsets(m.n);
+                b2..b2 + m.n
+            }
+        }
+    }
+
     /// The scorer's logits (for `Logits` the parameters themselves; for `Mlp` its output layer).
     pub fn logits(&self) -> Vec<f64> {
         match self {

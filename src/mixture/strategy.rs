@@ -72,8 +72,10 @@ pub trait MixtureStrategy {
     /// EMA). Fails, changing nothing, on statistics the strategy cannot use.
     fn estimate(&mut self, input: &ProbeInput) -> Result<UpdateInput, MixtureError>;
 
-    /// Applies an update's input and returns the new mixture. All or nothing: on an error the
-    /// state is as before.
+    /// Applies an update's input and returns the new mixture. All or nothing: the new state is
+    /// computed on a copy and committed only if every part of it is sound (for MoS: rewards in
+    /// their accepted range, everything finite, a scorer that can still move, no probability of
+    /// exactly 0; see `MosScheduler::update`); on an error the state is as before.
     fn apply(&mut self, input: &UpdateInput) -> Result<Vec<f64>, MixtureError>;
 
     /// Whether the mixture the state implies is finite (the service refuses an update that
@@ -142,7 +144,9 @@ impl MixtureStrategy for MosScheduler {
         })
     }
     fn apply(&mut self, input: &UpdateInput) -> Result<Vec<f64>, MixtureError> {
-        self.update(&input.smoothed)
+        // The accepted range and the scaling of large rewards apply to every caller of the
+        // seam (actors, service, replay) alike, so a refused or scaled update replays the same.
+        self.apply_rewards(input.reward, &input.smoothed)
     }
     fn is_finite(&self) -> bool {
         // The logits, not only the softmax: a NaN scorer's softmax falls back to uniform, which

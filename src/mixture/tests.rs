@@ -774,3 +774,541 @@ fn update_speed() {
         );
     }
 }
+
+// ---- refused updates, reward ranges and zero priors (issue 20) --------------------------------
+
+/// The scheduler's whole state is sound, read through its public accessors (independently of
+/// the checks the update itself runs): finite scorer parameters, Adam moments and EMA, and a
+/// mixture of positive probabilities summing to 1.
+fn assert_sound(s: &MosScheduler, what: &str) {
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    assert!(finite(s.scorer().params()), "{what}: scorer parameters");
+    assert!(finite(s.adam().first_moment()), "{what}: Adam m");
+    assert!(finite(s.adam().second_moment()), "{what}: Adam v");
+    assert!(s.smoothed().is_none_or(finite), "{what}: EMA");
+    let p = s.probs();
+    assert!(p.iter().all(|x| x.is_finite() && *x > 0.0), "{what}: {p:?}");
+    assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{what}: {p:?}");
+}
+
+/// How far one ordinary update (rewards of the size the method produces) moves the mixture of a
+/// copy of `s`: the largest relative change of a probability (relative, so that a mixture
+/// concentrated on one dataset, whose other probabilities are tiny, still shows its movement).
+fn ordinary_move(s: &MosScheduler) -> f64 {
+    let mut c = s.clone();
+    let before = c.probs();
+    let n = before.len();
+    let r: Vec<f64> = (0..n).map(|i| if i == 0 { 1.0 } else { 0.25 }).collect();
+    let after = c
+        .apply_rewards(RewardKind::Cossim, &r)
+        .expect("an ordinary update after an accepted one");
+    before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b).abs() / b)
+        .fold(0.0, f64::max)
+}
+
+fn bits_of(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn the_issue_20_absurd_rewards_are_refused_and_ordinary_updates_still_move() {
+    // The service's settings of configs/service.toml: DIFF with EMA, lr 1e-3, 200 steps.
+    let cfg = SchedulerConfig {
+        reward: RewardKind::Diff,
+        ema: true,
+        scorer_lr: 1e-3,
+        ..mos_cfg(ScorerKind::Logits, 10.0)
+    };
+    let mut s = MosScheduler::new(&cfg, &[10, 20], None, 0).unwrap();
+    // The issue's figures: [0.483, 0.517] to [0.400, 0.600].
+    assert!((s.probs()[1] - 0.517).abs() < 5e-4, "{:?}", s.probs());
+    let p1 = s.apply_rewards(RewardKind::Diff, &[0.5, 1.0]).unwrap();
+    assert!((p1[1] - 0.600).abs() < 5e-4, "{p1:?}");
+    let kept = s.clone();
+    assert_eq!(
+        s.apply_rewards(RewardKind::Diff, &[1e300, -5.0]),
+        Err(MixtureError::RewardOutOfRange {
+            index: 0,
+            value: 1e300,
+            kind: RewardKind::Diff,
+            min: 0.0,
+            max: REWARD_MAX,
+        })
+    );
+    assert_eq!(s, kept, "a refused update changed the state");
+    let mut last = p1;
+    for k in 0..5 {
+        let p = s.apply_rewards(RewardKind::Diff, &[0.5, 1.0]).unwrap();
+        assert!(p[1] > last[1], "update {k} did not move the mixture: {p:?}");
+        last = p;
+    }
+}
+
+#[test]
+fn an_update_that_would_freeze_the_scorer_is_refused_naming_the_field() {
+    // `update` takes the rewards as given (no range), so it meets the states of issue 20: a
+    // reward of 1e300 squares to infinity in Adam's second moment, and one of 1e150 leaves it
+    // so large that no later step moves a logit. The scorer's logits stay finite in both, which
+    // is why checking only them let the mixture freeze.
+    for scorer in [ScorerKind::Logits, ScorerKind::Mlp] {
+        let mut s = MosScheduler::new(&mos_cfg(scorer, 10.0), &[10, 20], None, 0).unwrap();
+        s.update(&[0.5, 1.0]).unwrap();
+        let before = s.clone();
+        let err = s.update(&[1e300, 1e-6]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MixtureError::StateRefused {
+                    field: "adam.v",
+                    fault: StateFault::NotFinite { .. }
+                }
+            ),
+            "{scorer:?}: {err:?}"
+        );
+        assert_eq!(err.reject_reason(), "non_finite_state");
+        assert!(err.to_string().contains("`adam.v`"), "{err}");
+        let err = s.update(&[1e150, 1.0]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MixtureError::StateRefused {
+                    field: "adam.v",
+                    fault: StateFault::CannotMove { .. }
+                }
+            ),
+            "{scorer:?}: {err:?}"
+        );
+        assert_eq!(err.reject_reason(), "scorer_stuck");
+        assert_eq!(s, before, "{scorer:?}: a refused update changed the state");
+        assert_eq!(s.check_state(), Ok(()));
+        assert!(ordinary_move(&s) > 1e-6, "{scorer:?}");
+    }
+}
+
+#[test]
+fn a_state_that_cannot_move_is_reported_by_check_state() {
+    // A damaged checkpoint can hold what no update commits: an infinite second moment, or a
+    // logit so far down that its probability is exactly 0.
+    let s = MosScheduler::new(&mos_cfg(ScorerKind::Logits, 10.0), &[10, 20], None, 0).unwrap();
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    json["adam"]["v"][1] = serde_json::json!(f64::INFINITY.to_bits());
+    json["adam"]["t"] = serde_json::json!(1);
+    let damaged: MosScheduler = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        damaged.check_state(),
+        Err(MixtureError::StateRefused {
+            field: "adam.v",
+            fault: StateFault::NotFinite { index: 1 }
+        })
+    );
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    json["scorer"]["Logits"]["w"][0] = serde_json::json!((-1000.0f64).to_bits());
+    let saturated: MosScheduler = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        saturated.check_state(),
+        Err(MixtureError::StateRefused {
+            field: "mixture",
+            fault: StateFault::Saturated { index: 0 }
+        })
+    );
+}
+
+#[test]
+fn rewards_outside_their_familys_range_are_refused_without_a_state_change() {
+    let cfg = SchedulerConfig {
+        reward: RewardKind::Diff,
+        ema: true,
+        ..mos_cfg(ScorerKind::Logits, 10.0)
+    };
+    let mut s = MosScheduler::new(&cfg, &PAPER_SIZES, None, 0).unwrap();
+    let before = s.clone();
+    // DIFF rewards are ratios of positive perplexities: negative is refused, 0 (an underflowed
+    // ratio) and the bound itself are accepted.
+    for (rewards, index) in [
+        ([1.0, -1e-9, 1.0, 1.0], 1),
+        ([1.0, 1.0, 1.0, REWARD_MAX * (1.0 + f64::EPSILON)], 3),
+        ([f64::MAX, 1.0, 1.0, 1.0], 0),
+    ] {
+        let err = s
+            .clone()
+            .apply_rewards(RewardKind::Diff, &rewards)
+            .unwrap_err();
+        assert!(
+            matches!(err, MixtureError::RewardOutOfRange { index: i, .. } if i == index),
+            "{rewards:?}: {err:?}"
+        );
+        assert_eq!(err.reject_reason(), "reward_out_of_range");
+    }
+    assert!(s
+        .clone()
+        .apply_rewards(RewardKind::Diff, &[0.0, -0.0, REWARD_MAX, 1.0])
+        .is_ok());
+    // COSSIM rewards may be negative (they are floored), within the same magnitude.
+    assert!(s
+        .clone()
+        .apply_rewards(RewardKind::Cossim, &[-REWARD_MAX, -1.0, 0.5, REWARD_MAX])
+        .is_ok());
+    assert!(matches!(
+        s.clone()
+            .apply_rewards(RewardKind::Cossim, &[1.0, -2.0 * REWARD_MAX, 1.0, 1.0]),
+        Err(MixtureError::RewardOutOfRange { index: 1, .. })
+    ));
+    assert_eq!(reward_range(RewardKind::Diff), (0.0, REWARD_MAX));
+    assert_eq!(reward_range(RewardKind::Cossim), (-REWARD_MAX, REWARD_MAX));
+    // From probe statistics: a perplexity ratio above the bound (a diverged model) is refused
+    // before it reaches the EMA.
+    let initial = vec![vec![2.0, 2.0]; 4];
+    let mut now = initial.clone();
+    now[2] = vec![2e7, 2e7];
+    let input = ProbeInput::Perplexities { now, initial };
+    assert!(matches!(
+        s.rewards_from_probes(&input),
+        Err(MixtureError::RewardOutOfRange { index: 2, .. })
+    ));
+    assert_eq!(s, before);
+    assert_eq!(s.smoothed(), None, "the EMA saw a refused reward");
+}
+
+#[test]
+fn large_accepted_rewards_are_scaled_and_ordinary_ones_are_used_bit_for_bit() {
+    let cfg = mos_cfg(ScorerKind::Logits, 10.0);
+    let fresh = MosScheduler::new(&cfg, &PAPER_SIZES, None, 0).unwrap();
+    // Up to the threshold, `apply_rewards` is `update`, bit for bit.
+    for r in [
+        [2.0, 1.0, 1.0, 0.5],
+        [REWARD_SCALE_THRESHOLD, 1.0, -3.0, 0.0],
+    ] {
+        let (mut a, mut b) = (fresh.clone(), fresh.clone());
+        let pa = a.apply_rewards(RewardKind::Cossim, &r).unwrap();
+        let pb = b.update(&r).unwrap();
+        assert_eq!(bits_of(&pa), bits_of(&pb), "{r:?}");
+        assert_eq!(a, b);
+    }
+    // Above it, the rewards are scaled by one factor: the same direction (the largest reward
+    // gains), and Adam's second moment stays at the size rewards of 100 give it, 1e8 times
+    // smaller than after the same rewards unscaled. What that buys shows when ordinary rewards
+    // then favour another dataset: with the scaled update the mixture turns towards it within a
+    // few updates, while after the unscaled one the ordinary gradients are a millionth of the
+    // second moment's scale and barely register (the first updates' movement is the old
+    // momentum, the same in both, so it is measured over twenty updates).
+    let big = [REWARD_MAX, 1.0, 1.0, 1.0];
+    let mut scaled = fresh.clone();
+    let p = scaled.apply_rewards(RewardKind::Cossim, &big).unwrap();
+    assert!(p[0] > fresh.probs()[0], "{p:?}");
+    let mut unscaled = fresh.clone();
+    unscaled.update(&big).unwrap();
+    assert_sound(&scaled, "scaled");
+    assert_sound(&unscaled, "unscaled");
+    let turn = |s: &mut MosScheduler| {
+        let start = s.probs()[1];
+        for _ in 0..20 {
+            s.apply_rewards(RewardKind::Cossim, &[0.25, 1.0, 0.25, 0.25])
+                .unwrap();
+        }
+        (s.probs()[1] / start).ln()
+    };
+    let (gain_scaled, gain_unscaled) = (turn(&mut scaled), turn(&mut unscaled));
+    assert!(
+        gain_scaled > 0.01 && gain_scaled > 10.0 * gain_unscaled,
+        "log-gain of the favoured dataset: scaled {gain_scaled:e}, unscaled {gain_unscaled:e}"
+    );
+}
+
+#[test]
+fn a_zero_prior_entry_is_refused_naming_its_cause() {
+    let cfg = |tau: f64| mos_cfg(ScorerKind::Logits, tau);
+    // A tiny init_temperature with unequal sizes underflows q_tau for the smaller dataset.
+    assert_eq!(q_tau(&[10, 20], 1e-4)[0], 0.0);
+    let err = MosScheduler::new(&cfg(1e-4), &[10, 20], None, 0).unwrap_err();
+    assert_eq!(
+        err,
+        MixtureError::PriorUnderflow {
+            index: 0,
+            tau: 1e-4
+        }
+    );
+    assert!(
+        err.to_string().contains("scheduler.init_temperature"),
+        "{err}"
+    );
+    assert_eq!(mos_prior(&[10, 20], 1e-4), Err(err.clone()));
+    assert_eq!(
+        static_mixture(Strategy::Mos, &[10, 20], 1e-4, &[None, None]),
+        Err(err)
+    );
+    // Equal sizes never underflow, and an ordinary temperature gives exactly q_tau.
+    assert_eq!(mos_prior(&[10, 10], 1e-300).unwrap(), vec![0.5, 0.5]);
+    assert_eq!(
+        bits_of(&mos_prior(&PAPER_SIZES, 10.0).unwrap()),
+        bits_of(&q_tau(&PAPER_SIZES, 10.0))
+    );
+    // A dataset of size 0 (possible through the service) is refused by name.
+    assert_eq!(
+        MosScheduler::new(&cfg(10.0), &[5, 0, 7], None, 0),
+        Err(MixtureError::EmptyDataset { index: 1 })
+    );
+    assert_eq!(
+        MosScheduler::new(&cfg(10.0), &[0, 0], None, 0),
+        Err(MixtureError::AllEmpty)
+    );
+    // A remapped mixture with a zero entry is refused too.
+    assert!(matches!(
+        MosScheduler::from_mixture(&cfg(10.0), &[0.0, 1.0], None, 0),
+        Err(MixtureError::InvalidPrior(m)) if m.contains("entry 0 is 0")
+    ));
+    // So is a learning rate too small to move a logit at all.
+    let tiny_lr = SchedulerConfig {
+        scorer_lr: 1e-300,
+        ..cfg(10.0)
+    };
+    assert!(matches!(
+        MosScheduler::new(&tiny_lr, &[10, 20], None, 0),
+        Err(MixtureError::InvalidSetting {
+            key: "scheduler.scorer_lr",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn every_refusal_is_counted_under_a_registered_reason() {
+    let errors = [
+        MixtureError::RewardOutOfRange {
+            index: 0,
+            value: 1e9,
+            kind: RewardKind::Diff,
+            min: 0.0,
+            max: REWARD_MAX,
+        },
+        MixtureError::NonFiniteReward {
+            index: 0,
+            value: f64::NAN,
+        },
+        MixtureError::BadProbe {
+            index: 0,
+            message: String::new(),
+        },
+        MixtureError::UpdateDiverged,
+        MixtureError::StateRefused {
+            field: "adam.v",
+            fault: StateFault::CannotMove { index: 0 },
+        },
+        MixtureError::StateRefused {
+            field: "mixture",
+            fault: StateFault::Saturated { index: 0 },
+        },
+        MixtureError::ScorerFit {
+            mse: 1.0,
+            iterations: 1,
+        },
+    ];
+    let produced: Vec<&str> = errors.iter().map(MixtureError::reject_reason).collect();
+    // Every reason is produced by some error, and nothing outside the list is ever produced.
+    assert_eq!(produced, REJECT_REASONS.to_vec());
+}
+
+/// One interval's probe statistics, drawn at random: mostly ordinary, often extreme (huge,
+/// tiny, zero, negative, NaN or infinite values), sometimes malformed (wrong family, wrong
+/// length, ragged, empty).
+fn random_probe(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> ProbeInput {
+    use rand::Rng;
+    let value = |rng: &mut rand_chacha::ChaCha8Rng, ordinary: f64| -> f64 {
+        match rng.random_range(0..20) {
+            0 => 1e300,
+            1 => -1e300,
+            2 => 1e-300,
+            3 => 0.0,
+            4 => f64::NAN,
+            5 => f64::INFINITY,
+            6 => 10f64.powi(rng.random_range(-20..20)),
+            7 => -ordinary,
+            _ => ordinary,
+        }
+    };
+    let rows = if rng.random_range(0..20) == 0 {
+        n + 1
+    } else {
+        n
+    };
+    if rng.random_bool(0.5) {
+        let dim = rng.random_range(1..6);
+        ProbeInput::Embeddings(
+            (0..rows)
+                .map(|_| {
+                    let d = if rng.random_range(0..30) == 0 {
+                        dim + 1
+                    } else {
+                        dim
+                    };
+                    (0..d)
+                        .map(|_| {
+                            let x = rng.random_range(-1.0..1.0);
+                            value(rng, x)
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    } else {
+        let len = rng.random_range(0..4);
+        let mut now = Vec::new();
+        let mut initial = Vec::new();
+        for _ in 0..rows {
+            let l = if rng.random_range(0..30) == 0 {
+                0
+            } else {
+                len + 1
+            };
+            let init: Vec<f64> = (0..l).map(|_| rng.random_range(1.0..50.0)).collect();
+            let cur: Vec<f64> = init
+                .iter()
+                .map(|&x| {
+                    let ratio = rng.random_range(0.3..2.0);
+                    value(rng, x * ratio)
+                })
+                .collect();
+            initial.push(init);
+            now.push(cur);
+        }
+        ProbeInput::Perplexities { now, initial }
+    }
+}
+
+/// Ready-made rewards, as a host can send the scheduler actor directly: in range, at its edges,
+/// and outside it.
+fn random_rewards(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f64> {
+    use rand::Rng;
+    (0..n)
+        .map(|_| match rng.random_range(0..12) {
+            0 => REWARD_MAX,
+            1 => -REWARD_MAX,
+            2 => 2.0 * REWARD_MAX,
+            3 => 0.0,
+            4 => 1e-300,
+            5 => REWARD_SCALE_THRESHOLD * rng.random_range(0.5..2.0),
+            6 => 10f64.powi(rng.random_range(-8..8)),
+            _ => rng.random_range(0.0..3.0),
+        })
+        .collect()
+}
+
+#[test]
+fn random_probe_statistics_never_corrupt_the_built_in_scheduler() {
+    use rand::{Rng, SeedableRng};
+    let mut accepted_total = 0;
+    let mut refused_total = 0;
+    for (case, (scorer, reward, ema)) in [
+        (ScorerKind::Logits, RewardKind::Cossim, false),
+        (ScorerKind::Logits, RewardKind::Diff, true),
+        (ScorerKind::Mlp, RewardKind::Cossim, true),
+        (ScorerKind::Mlp, RewardKind::Diff, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20 + case as u64);
+        let n = rng.random_range(2..6);
+        let sizes: Vec<u64> = (0..n).map(|_| rng.random_range(1..100_000)).collect();
+        let cfg = SchedulerConfig {
+            reward,
+            ema,
+            scorer_lr: 1e-2,
+            scorer_steps: 50,
+            target: None,
+            ..mos_cfg(scorer, 10.0)
+        };
+        let target = rng.random_bool(0.5).then_some(0);
+        let start = crate::mixture::Strategy::Mos(Box::new(
+            MosScheduler::new(&cfg, &sizes, target, 5).unwrap(),
+        ));
+        // The actors' two copies: the reward actor estimates, the scheduler applies.
+        let (mut estimator, mut scheduler) = (start.clone(), start.clone());
+        let mut log: Vec<UpdateRecord> = Vec::new();
+        for k in 0..80u64 {
+            let before = scheduler.probs();
+            let input = if rng.random_range(0..4) == 0 {
+                Some(UpdateInput {
+                    reward,
+                    raw: random_rewards(&mut rng, n),
+                    smoothed: random_rewards(&mut rng, n),
+                })
+            } else {
+                let probe = random_probe(&mut rng, n);
+                let kept = estimator.clone();
+                match estimator.estimate(&probe) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        assert_eq!(estimator, kept, "case {case}, update {k}: {e}");
+                        assert!(REJECT_REASONS.contains(&e.reject_reason()));
+                        refused_total += 1;
+                        None
+                    }
+                }
+            };
+            let Some(input) = input else {
+                // The reward actor sends a tick: the mixture is kept and logged as such.
+                log.push(UpdateRecord {
+                    step: k,
+                    version: k + 1,
+                    before: before.clone(),
+                    after: before,
+                    reward: None,
+                    raw: vec![],
+                    smoothed: vec![],
+                    counts: vec![],
+                    names: vec![],
+                });
+                continue;
+            };
+            let kept = scheduler.clone();
+            let after = match scheduler.apply(&input) {
+                Ok(p) => {
+                    let crate::mixture::Strategy::Mos(m) = &scheduler else {
+                        unreachable!()
+                    };
+                    let what = format!("case {case}, update {k}, {input:?}");
+                    assert_sound(m, &what);
+                    assert!(ordinary_move(m) > 1e-9, "{what}: the mixture cannot move");
+                    accepted_total += 1;
+                    p
+                }
+                Err(e) => {
+                    assert_eq!(scheduler, kept, "case {case}, update {k}: {e}");
+                    assert!(REJECT_REASONS.contains(&e.reject_reason()));
+                    refused_total += 1;
+                    scheduler.probs()
+                }
+            };
+            log.push(UpdateRecord {
+                step: k,
+                version: k + 1,
+                before,
+                after,
+                reward: Some(input.reward),
+                raw: input.raw,
+                smoothed: input.smoothed,
+                counts: vec![],
+                names: vec![],
+            });
+        }
+        // `replay` of the log: a fresh strategy re-applies every logged input (refusing what
+        // was refused) and reproduces every mixture bit for bit.
+        let mut again = start.clone();
+        for u in &log {
+            let (p, _) = again.replay(u);
+            assert_eq!(
+                bits_of(&p),
+                bits_of(&u.after),
+                "case {case}, step {}",
+                u.step
+            );
+        }
+        assert_eq!(again, scheduler, "case {case}");
+    }
+    // The draws exercise both outcomes often, or the properties above would prove little.
+    assert!(accepted_total > 50, "{accepted_total} accepted");
+    assert!(refused_total > 50, "{refused_total} refused");
+}

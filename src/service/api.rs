@@ -22,7 +22,8 @@ pub struct RegisterRequest {
 pub struct DatasetSpec {
     /// Unique name: ASCII letters, digits, `_`, `-` and `.` (the same rule as `[[datasets]] name`).
     pub name: String,
-    /// Number of training examples; the input of the prior q_tau (method.md 1).
+    /// Number of training examples; the input of the prior q_tau (method.md 1). Must be
+    /// positive: MoS cannot learn a weight for an empty dataset.
     pub size: u64,
 }
 
@@ -42,7 +43,9 @@ pub struct PairedStats {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
-    /// The client's training step, recorded in the history; defaults to the new version.
+    /// The client's training step, recorded in the history. It must not be below the last
+    /// accepted update's step (409); it defaults to the new version, or to the last accepted
+    /// step when that is larger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u64>,
     /// The order of the per-dataset arrays when it is not the registration order: every
@@ -63,7 +66,9 @@ pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<Vec<Vec<f64>>>,
     /// Final rewards for the REINFORCE update, used as given (after the 1e-6 floor): neither
-    /// MoSpec nor the EMA is applied to them, exactly as `replay` feeds recorded rewards.
+    /// MoSpec nor the EMA is applied to them, exactly as `replay` feeds recorded rewards. Each
+    /// must lie in the service's reward family's range (`mixture::reward_range`: at most 1e6
+    /// in magnitude, not negative for DIFF), or the update is refused (422).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewards: Option<Vec<f64>>,
 }

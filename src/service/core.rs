@@ -6,7 +6,11 @@
 //!   (scheduler, history, log line, published mixture) only when every check has passed, so a
 //!   refused request leaves the version, the mixture, the EMA state and the history untouched.
 //! - Writes are serialised by one mutex and applied in the order they take it; versions are
-//!   consecutive (1, 2, 3, ...) and the version equals the number of accepted updates.
+//!   consecutive (1, 2, 3, ...) and the version equals the number of accepted updates; the
+//!   recorded steps never decrease (a `step` below the last accepted one is a 409).
+//! - The scheduler's own checks decide what is accepted: rewards in their family's range, and a
+//!   new state (scorer, Adam moments, EMA, mixture) that is finite and can still move. A
+//!   registration whose prior has an entry of exactly 0 is refused for the same reason.
 //! - Reads of the mixture never take the mutex: they load the latest snapshot from a
 //!   [`MixtureBoard`] (an `ArcSwap`), so a slow update never delays a reader.
 //! - The arithmetic is the built-in path's: `MixtureStrategy::estimate` then
@@ -18,10 +22,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{RewardKind, SchedulerConfig};
-use crate::mixture::{MixtureBoard, MixtureLogLine, MixtureSnapshot, StartRecord, UpdateRecord};
 use crate::mixture::{
-    MixtureError, MixtureStrategy, ProbeInput, Strategy, UpdateInput, REWARD_FLOOR,
+    reward_label, MixtureError, MixtureStrategy, ProbeInput, Strategy, UpdateInput,
 };
+use crate::mixture::{MixtureBoard, MixtureLogLine, MixtureSnapshot, StartRecord, UpdateRecord};
 use crate::runlog::JsonlWriter;
 
 use super::api::{
@@ -44,13 +48,15 @@ pub enum ApiError {
     /// 405: the route exists for another method.
     #[error("{0}")]
     MethodNotAllowed(String),
-    /// 409: the request does not fit the service's state (no datasets yet, registered twice).
+    /// 409: the request does not fit the service's state (no datasets yet, registered twice, a
+    /// `step` below the last accepted update's).
     #[error("{0}")]
     Conflict(String),
     /// 413: the body exceeds `service.max_body_bytes`.
     #[error("{0}")]
     TooLarge(String),
-    /// 422: well-formed but invalid values (lengths, names, NaN, non-positive perplexities).
+    /// 422: well-formed but invalid values (lengths, names, NaN, non-positive perplexities,
+    /// rewards outside their accepted range, an update the scheduler's state checks refuse).
     #[error("{0}")]
     Invalid(String),
     /// 500: the service could not record an accepted update (the mixture log failed).
@@ -143,6 +149,13 @@ impl ServiceCore {
         self.registered.get().map(|r| r.board.subscribe())
     }
 
+    /// A copy of the scheduler's whole current state (`None` before registration), for
+    /// in-process hosts and tests that inspect what the API does not show (the Adam moments,
+    /// the EMA). Takes the write lock briefly, so it waits for an update in progress.
+    pub fn strategy(&self) -> Option<Strategy> {
+        self.lock().strategy.clone()
+    }
+
     /// `GET /v1/health`.
     pub fn health(&self) -> Health {
         let snap = self.mixture();
@@ -219,6 +232,9 @@ impl ServiceCore {
         let mos = Strategy::new(&scheduler, &sizes, target, self.seed, &[]).map_err(|e| {
             ApiError::Invalid(match e {
                 MixtureError::AllEmpty => "datasets[].size: every size is 0".to_string(),
+                // A zero prior entry would freeze the mixture at the first update (issue 20),
+                // so registration refuses it, naming the dataset or the setting to change.
+                e @ MixtureError::EmptyDataset { index } => format!("datasets[{index}].size: {e}"),
                 other => format!("datasets: {other}"),
             })
         })?;
@@ -258,11 +274,29 @@ impl ServiceCore {
 
     /// `POST /v1/updates`: one REINFORCE update from probe statistics or ready-made rewards.
     /// Returns the update's record (the line written to `mixture.jsonl`).
+    ///
+    /// A `step` below the last accepted update's is refused (409): the history is the client's
+    /// training trajectory, and a step that goes backwards is a restarted or confused client
+    /// whose statistics would be learned from out of order. An omitted step defaults to the new
+    /// version, or to the last accepted step when that is larger, so it never goes backwards
+    /// either.
     pub fn update(&self, req: &UpdateRequest) -> Result<UpdateRecord, ApiError> {
         let mut inner = self.lock();
         let reg = self.registered.get().ok_or_else(not_registered)?;
         let names = &reg.start.names;
         let n = names.len();
+        let last_step = inner.history.last().map(|u| u.step);
+        let version = reg.board.load().version + 1;
+        let step = match (req.step, last_step) {
+            (Some(step), Some(last)) if step < last => {
+                return Err(ApiError::Conflict(format!(
+                    "step: {step} is below the last accepted update's step {last}; steps must \
+                     not go backwards (nothing was applied)"
+                )));
+            }
+            (Some(step), _) => step,
+            (None, last) => last.map_or(version, |l| l.max(version)),
+        };
         let order = match &req.datasets {
             Some(given) => Some(permutation(names, given)?),
             None => None,
@@ -294,48 +328,40 @@ impl ServiceCore {
         };
         // All the work happens on a copy; the shared state changes only after every check.
         let mut next = current.clone();
-        let (raw, smoothed) = if let Some(r) = &req.rewards {
+        let (field, raw, smoothed) = if let Some(r) = &req.rewards {
             check_rows("rewards", n, r.len())?;
             check_finite_row("rewards", r, names)?;
             let r = reorder(r.clone(), order.as_deref());
-            (r.clone(), r)
+            ("rewards", r.clone(), r)
         } else {
             let (field, input) = probe_input(req, kind, n, order.as_deref())?;
             let outcome = next
                 .estimate(&input)
-                .map_err(|e| probe_error(field, e, names))?;
-            (outcome.raw, outcome.smoothed)
+                .map_err(|e| probe_error(field, e, names, None))?;
+            (field, outcome.raw, outcome.smoothed)
         };
-        // Finite rewards can still overflow inside the update: the REINFORCE gradient uses their
-        // sum, and an infinite sum turns the scorer into NaN for good (its softmax then falls
-        // back to uniform, which would look like a valid mixture). Refuse both cases; the copy
-        // is discarded, so the published scorer stays as it was.
-        let overflow = || {
-            ApiError::Invalid(
-                "rewards: the update would give a non-finite mixture (the rewards are so large \
-                 that their sum overflows); nothing was applied"
-                    .into(),
-            )
-        };
-        let total: f64 = smoothed.iter().map(|r| r.max(REWARD_FLOOR)).sum();
-        if !total.is_finite() {
-            return Err(overflow());
-        }
         let input = UpdateInput {
             reward: kind,
             raw,
             smoothed,
         };
+        // `apply` refuses rewards outside their accepted range and any new state that would not
+        // be finite or could no longer move, computing on `next`; the copy is then discarded, so
+        // the published scorer stays as it was. The error names the request field the rewards
+        // came from; ready-made rewards by the client's index (`rewards[k]`), which `order`
+        // maps back from the registration index.
         let after = next
             .apply(&input)
-            .map_err(|e| probe_error("rewards", e, names))?;
+            .map_err(|e| probe_error(field, e, names, order.as_deref()))?;
         if !next.is_finite() || after.iter().any(|x| !x.is_finite()) {
-            return Err(overflow());
+            // Kept as a last line of defence: `apply`'s own checks make this unreachable.
+            return Err(ApiError::Invalid(
+                "rewards: the update would give a non-finite mixture; nothing was applied".into(),
+            ));
         }
         let before = reg.board.load();
-        let version = before.version + 1;
         let record = UpdateRecord {
-            step: req.step.unwrap_or(version),
+            step,
             version,
             before: before.weights.clone(),
             after: after.clone(),
@@ -553,8 +579,14 @@ fn probe_input(
 }
 
 /// Names the request field (and dataset) of a scheduler error. Indices in scheduler errors are
-/// registration indices.
-fn probe_error(field: &str, e: MixtureError, names: &[String]) -> ApiError {
+/// registration indices; with `order` (the client's arrays in another order) a ready-made
+/// reward is named by its index in the client's array.
+fn probe_error(
+    field: &str,
+    e: MixtureError,
+    names: &[String],
+    order: Option<&[usize]>,
+) -> ApiError {
     let name = |i: usize| names.get(i).map(String::as_str).unwrap_or("?");
     ApiError::Invalid(match e {
         MixtureError::BadProbe { index, message } => {
@@ -564,6 +596,35 @@ fn probe_error(field: &str, e: MixtureError, names: &[String]) -> ApiError {
             "{field}: the reward of dataset `{}` would be {value} (overflow); nothing was applied",
             name(index)
         ),
+        MixtureError::RewardOutOfRange {
+            index,
+            value,
+            kind,
+            min,
+            max,
+        } => {
+            let range = format!(
+                "outside the accepted range [{min:e}, {max:e}] of {} rewards",
+                reward_label(kind)
+            );
+            if field == "rewards" {
+                let k = order
+                    .and_then(|o| o.iter().position(|&i| i == index))
+                    .unwrap_or(index);
+                format!(
+                    "rewards[{k}] (dataset `{}`): {value:e} is {range}; rewards beyond it are not \
+                     ones the method produces and could give a non-finite mixture; nothing was \
+                     applied",
+                    name(index)
+                )
+            } else {
+                format!(
+                    "{field}: the reward of dataset `{}` would be {value:e}, {range} (a \
+                     perplexity ratio that large means a diverged model); nothing was applied",
+                    name(index)
+                )
+            }
+        }
         other => format!("{field}: {other}"),
     })
 }

@@ -13,7 +13,11 @@
 //!   default listen address is loopback;
 //! - a refused request changes nothing: version, mixture, EMA state and history are as before;
 //! - updates are applied one at a time in arrival order; the mixture version is the number of
-//!   accepted updates; reads of the mixture are lock-free;
+//!   accepted updates; a `step` below the last accepted one is refused (409), so the history's
+//!   steps never go backwards; reads of the mixture are lock-free;
+//! - an update is accepted only if its rewards lie in their family's accepted range and the
+//!   scheduler state it leaves is sound (finite, able to move, no probability of exactly 0), so
+//!   no accepted request can freeze the mixture (422 naming the field otherwise);
 //! - state lives in memory: a restart starts over from registration. Only the optional
 //!   `service.mixture_log` survives, and `mos-runtime replay --log` checks it.
 //!
