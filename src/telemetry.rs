@@ -104,8 +104,9 @@ pub const LABEL_VALUES: &[(&str, &[&str])] = &[("actor", &["loader"])];
 /// Registers every counter of the catalogue at zero, for every label value known at start
 /// (`datasets` for the `dataset` label, [`LABEL_VALUES`] for the others), so dashboards and
 /// alerts see a series and a rate of 0 from the first scrape instead of "no data" until the
-/// first rare event. Returns how many series it registered. A counter with a label whose
-/// values are not known at start (none today) is left to its first increment.
+/// first rare event. Returns how many series it registered. A label whose values belong to a
+/// layer above this one (`reason`, from `mixture::REJECT_REASONS`) is registered by its owner:
+/// the scheduler actor registers each reason when it starts.
 pub fn register_counters_at_zero(datasets: &[String]) -> usize {
     let mut registered = 0;
     for m in CATALOGUE.iter().filter(|m| m.kind == MetricKind::Counter) {

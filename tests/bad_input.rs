@@ -275,6 +275,13 @@ fn a_prior_that_underflows_stops_the_run_naming_init_temperature() {
         &["scheduler.init_temperature", "probability exactly 0"],
         "a prior that underflows",
     );
+    // `check` refuses it the same way, so "OK" means the run can start.
+    expect(
+        &check(&f, &[]),
+        2,
+        &["scheduler.init_temperature"],
+        "check of a prior that underflows",
+    );
     // An ordinary temperature on the same data starts (the refusal was about the prior).
     expect(
         &check(&f, &["--set", "scheduler.init_temperature=10"]),

@@ -341,6 +341,9 @@ fn everything_the_daemon_exports_is_catalogued_documented_and_typed() {
                 .iter()
                 .all(|d| present(&format!("{{dataset=\"{d}\"}}"))),
             ["actor"] => !present("{actor=\"loader\"}"),
+            ["reason"] => !mos_runtime::mixture::REJECT_REASONS
+                .iter()
+                .all(|r| present(&format!("{{reason=\"{r}\"}}"))),
             other => {
                 problems.push(format!("{}: no known values for labels {other:?}", m.name));
                 false

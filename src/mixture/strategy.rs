@@ -222,6 +222,17 @@ impl Strategy {
         })
     }
 
+    /// Whether the state could still take an update: every part finite and the scorer able to
+    /// move (see `MosScheduler::check_state`). A static mixture always can. Checked when a
+    /// checkpoint is resumed, because a state written by an older build after an absurd reward
+    /// would otherwise refuse every later update.
+    pub fn check_state(&self) -> Result<(), MixtureError> {
+        match self {
+            Strategy::Static(_) => Ok(()),
+            Strategy::Mos(m) => m.check_state(),
+        }
+    }
+
     /// The mixture after the logged update `record`, from this strategy's state before it: the
     /// recorded input applied, or the mixture kept for a tick and for a refused input (as the
     /// scheduler actor keeps it). Returns whether the strategy learned from it.

@@ -26,7 +26,7 @@ use crate::checkpoint;
 use crate::config::{Backend, Config, ConfigError, Strategy as StrategyKind};
 use crate::control::{Control, LiveSet};
 use crate::data::{load_dataset, DataError, Dataset, Tokenizer};
-use crate::mixture::{q_tau, static_mixture, MixtureError, Strategy};
+use crate::mixture::{static_mixture, MixtureError, Strategy};
 use crate::seed::stream_seed;
 use crate::trainer::{run_with_learner, BoxError, Learner, RunSummary, TrainerCtx, TrainerError};
 
@@ -158,7 +158,9 @@ pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
     let weights: Vec<Option<f64>> = cfg.datasets.iter().map(|d| d.weight).collect();
     let s = &cfg.scheduler;
     let prior = match s.strategy {
-        StrategyKind::Mos => q_tau(&sizes, s.init_temperature.0),
+        // Refuses a prior entry that underflows to zero (a frozen mixture otherwise), naming
+        // scheduler.init_temperature, so `check` and the run both stop with exit 2.
+        StrategyKind::Mos => crate::mixture::mos_prior(&sizes, s.init_temperature.0)?,
         other => static_mixture(other, &sizes, s.temperature.0, &weights)?,
     };
     let model = match &cfg.model.pretrained {

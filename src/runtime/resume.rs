@@ -42,6 +42,13 @@ pub(crate) fn find_resume(
     };
     let run: RunState = checkpoint::read_json(&dir, checkpoint::RUN_STATE)?;
     let actors: ActorState = checkpoint::read_json(&dir, checkpoint::ACTOR_STATE)?;
+    if let Some(s) = &actors.scheduler {
+        s.check_state().map_err(|e| {
+            mismatch(format!(
+                "the scheduler's state in it cannot take another update ({e}); start the mixture over with --fresh --overwrite, or resume an earlier checkpoint by removing this one"
+            ))
+        })?;
+    }
     let model = p.model.clone();
     if run.model != model {
         return Err(mismatch(format!(
