@@ -227,7 +227,7 @@ pub enum MixtureError {
     UpdateDiverged,
     /// A reward is finite but outside the accepted range of its family ([`reward_range`]).
     #[error(
-        "reward of dataset {index} is {value:e}, outside the accepted range [{min:e}, {max:e}] of \
+        "reward of dataset {index} is {value:e}, outside the accepted range [{min}, {max}] of \
          {kind:?} rewards"
     )]
     RewardOutOfRange {

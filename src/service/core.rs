@@ -604,7 +604,7 @@ fn probe_error(
             max,
         } => {
             let range = format!(
-                "outside the accepted range [{min:e}, {max:e}] of {} rewards",
+                "outside the accepted range [{min}, {max}] of {} rewards",
                 reward_label(kind)
             );
             if field == "rewards" {
