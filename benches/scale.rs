@@ -98,6 +98,7 @@ fn maths_latency(n: usize, reward: RewardKind, reps: usize) -> Vec<f64> {
                         .collect(),
                     initial: initial.clone(),
                 },
+                RewardKind::Constant => unreachable!("the bench times the probing rewards"),
             };
             let t0 = Instant::now();
             let out = mos.rewards_from_probes(&input).expect("rewards");

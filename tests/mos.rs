@@ -143,3 +143,38 @@ fn probes_never_change_the_training_stream() {
         assert_eq!(a[i].1, b[i].1, "step {} differs", i + 1);
     }
 }
+
+#[test]
+fn the_constant_reward_control_learns_from_ticks_toward_uniform_and_replays_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let extra = "[scheduler]\nstrategy = \"mos\"\nreward = \"constant\"\nupdate_every = 4\nprobe_size = 8\nscorer_lr = 0.0005";
+    run(load_tiny(dir.path(), "mos", 40, extra));
+    let log = dir.path().join("mos").join("mixture.jsonl");
+    let ups = updates(&log);
+    assert!(ups.len() >= 8, "only {} updates", ups.len());
+    let spread = |p: &[f64]| {
+        p.iter().cloned().fold(f64::MIN, f64::max) - p.iter().cloned().fold(f64::MAX, f64::min)
+    };
+    let first = spread(&ups[0].before);
+    assert!(
+        first > 0.01,
+        "the prior is already uniform: {:?}",
+        ups[0].before
+    );
+    for u in &ups {
+        // Every boundary is a learned update with rewards of exactly 1, and no probe pass
+        // produced them (the control reads no statistics).
+        assert_eq!(u.reward, Some(mos_runtime::config::RewardKind::Constant));
+        assert!(u.raw.iter().chain(&u.smoothed).all(|&r| r == 1.0), "{u:?}");
+        // With equal rewards the REINFORCE objective is maximised by the uniform mixture, so
+        // each update narrows the spread (down to rounding once it is there).
+        assert!(spread(&u.after) <= spread(&u.before) + 1e-15, "{u:?}");
+    }
+    let last = spread(&ups.last().unwrap().after);
+    assert!(last < first / 2.0, "spread {first} -> {last}");
+    let report = mos_runtime::replay::replay(&log).unwrap();
+    assert_eq!(report.updates, ups.len());
+    assert_eq!(report.learned, ups.len());
+    assert_eq!(&report.last, &ups.last().unwrap().after);
+}

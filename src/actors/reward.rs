@@ -143,6 +143,9 @@ impl Actor for RewardActor {
                 };
                 ProbeInput::Perplexities { now: ppl, initial }
             }
+            RewardKind::Constant => {
+                return Err("the constant-reward control reads no probe statistics".into());
+            }
         };
         let input = match state.args.estimator.estimate(&input) {
             Ok(o) => o,

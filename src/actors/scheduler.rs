@@ -197,7 +197,9 @@ impl Actor for SchedulerActor {
             } => (step, Some(input), counts),
             // A tick means a static strategy's boundary, or a probe report that was dropped or
             // rejected: the mixture is kept.
-            SchedulerMsg::Tick { step, counts } => (step, None, counts),
+            // A strategy that learns without statistics (the constant-reward control) turns
+            // the tick into its input.
+            SchedulerMsg::Tick { step, counts } => (step, args.strategy.tick(), counts),
             // Answered before the delay above; nothing to publish.
             SchedulerMsg::Snapshot { .. } | SchedulerMsg::Flush(_) => return Ok(()),
         };

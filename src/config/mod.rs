@@ -446,6 +446,10 @@ pub enum RewardKind {
     Cossim,
     /// Difficulty: perplexity now over perplexity at theta_0.
     Diff,
+    /// The control: every reward is 1 at every update boundary, with no probe pass. What the
+    /// method does with no signal at all (a learned mixture that only beats a static one by as
+    /// much as this control does has learned nothing from the data).
+    Constant,
 }
 
 /// Which tokens the DIFF perplexity covers.

@@ -61,5 +61,6 @@ pub fn reward_label(kind: RewardKind) -> &'static str {
     match kind {
         RewardKind::Cossim => "cossim",
         RewardKind::Diff => "diff",
+        RewardKind::Constant => "constant",
     }
 }

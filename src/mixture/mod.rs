@@ -77,6 +77,7 @@ pub fn reward_range(kind: RewardKind) -> (f64, f64) {
     match kind {
         RewardKind::Cossim => (-REWARD_MAX, REWARD_MAX),
         RewardKind::Diff => (0.0, REWARD_MAX),
+        RewardKind::Constant => (1.0, 1.0),
     }
 }
 

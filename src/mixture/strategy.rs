@@ -72,6 +72,13 @@ pub trait MixtureStrategy {
     /// EMA). Fails, changing nothing, on statistics the strategy cannot use.
     fn estimate(&mut self, input: &ProbeInput) -> Result<UpdateInput, MixtureError>;
 
+    /// The input of an update at a boundary with no probe statistics (a tick), for a strategy
+    /// that learns without them; `None` keeps the mixture. It runs on the scheduler's copy, and
+    /// its result is recorded like any other input, so `replay` re-applies it.
+    fn tick(&mut self) -> Option<UpdateInput> {
+        None
+    }
+
     /// Applies an update's input and returns the new mixture. All or nothing: the new state is
     /// computed on a copy and committed only if every part of it is sound (for MoS: rewards in
     /// their accepted range, everything finite, a scorer that can still move, no probability of
@@ -123,8 +130,24 @@ impl MixtureStrategy for StaticMixture {
 impl MixtureStrategy for MosScheduler {
     fn needs(&self) -> Needs {
         Needs {
-            probe: Some(self.reward_kind()),
+            // The constant-reward control reads nothing: it learns from ticks.
+            probe: match self.reward_kind() {
+                RewardKind::Constant => None,
+                kind => Some(kind),
+            },
         }
+    }
+    fn tick(&mut self) -> Option<UpdateInput> {
+        // Every reward 1, and no EMA: an average of ones is one, so smoothing would only delay
+        // the same input.
+        (self.reward_kind() == RewardKind::Constant).then(|| {
+            let ones = vec![1.0; self.n_datasets()];
+            UpdateInput {
+                reward: RewardKind::Constant,
+                raw: ones.clone(),
+                smoothed: ones,
+            }
+        })
     }
     fn probs(&self) -> Vec<f64> {
         MosScheduler::probs(self)
@@ -238,11 +261,14 @@ impl Strategy {
     /// scheduler actor keeps it). Returns whether the strategy learned from it.
     pub fn replay(&mut self, record: &UpdateRecord) -> (Vec<f64>, bool) {
         match UpdateInput::from_record(record) {
-            Some(input) if self.needs().probe.is_some() => {
-                let next = self.apply(&input).unwrap_or_else(|_| self.probs());
-                (next, true)
-            }
-            _ => (self.probs(), false),
+            // A static mixture learns nothing from an input; any other strategy applies it (a
+            // refused input keeps the mixture, as the scheduler actor keeps it).
+            Some(input) => match self.apply(&input) {
+                Ok(next) => (next, true),
+                Err(MixtureError::NotLearned) => (self.probs(), false),
+                Err(_) => (self.probs(), true),
+            },
+            None => (self.probs(), false),
         }
     }
 
@@ -264,6 +290,9 @@ impl Strategy {
 impl MixtureStrategy for Strategy {
     fn needs(&self) -> Needs {
         self.inner().needs()
+    }
+    fn tick(&mut self) -> Option<UpdateInput> {
+        self.inner_mut().tick()
     }
     fn probs(&self) -> Vec<f64> {
         self.inner().probs()
@@ -400,5 +429,51 @@ mod tests {
             ..record
         };
         assert_eq!(again.replay(&tick), (again.probs(), false));
+    }
+
+    #[test]
+    fn the_constant_reward_control_reads_nothing_and_learns_ones_from_each_tick() {
+        let settings = SchedulerConfig {
+            reward: RewardKind::Constant,
+            ..mos_settings()
+        };
+        let sizes = [10, 40];
+        let mut s = Strategy::new(&settings, &sizes, None, 3, &[]).unwrap();
+        // No probe pass and no reward actor, but state to checkpoint.
+        assert_eq!(s.needs(), Needs { probe: None });
+        assert!(s.has_state());
+        let before = s.probs();
+        let input = s.tick().expect("the control learns from ticks");
+        assert_eq!(input.reward, RewardKind::Constant);
+        assert_eq!(
+            (input.raw.clone(), input.smoothed.clone()),
+            (vec![1.0; 2], vec![1.0; 2])
+        );
+        let after = s.apply(&input).unwrap();
+        // Equal rewards pull toward uniform: the smaller dataset gains weight.
+        assert!(after[0] > before[0], "{before:?} -> {after:?}");
+        // A reward other than 1 is not one the control produces, and is refused.
+        let wrong = UpdateInput {
+            raw: vec![2.0, 1.0],
+            smoothed: vec![2.0, 1.0],
+            ..input
+        };
+        assert!(s.apply(&wrong).is_err());
+        assert_eq!(s.probs(), after);
+        // A static mixture and the probing rewards learn nothing from a tick.
+        let mut fixed = Strategy::new(
+            &SchedulerConfig {
+                strategy: StrategyKind::Uniform,
+                ..SchedulerConfig::default()
+            },
+            &sizes,
+            None,
+            3,
+            &[0.5, 0.5],
+        )
+        .unwrap();
+        assert!(fixed.tick().is_none());
+        let mut diff = Strategy::new(&mos_settings(), &sizes, None, 3, &[]).unwrap();
+        assert!(diff.tick().is_none());
     }
 }

@@ -286,6 +286,7 @@ fn record_and_replay(scorer: ScorerKind, reward: RewardKind) {
                     .collect(),
                 initial: initial.clone(),
             },
+            RewardKind::Constant => unreachable!("the control has no probe statistics"),
         };
         let out = live.rewards_from_probes(&input).unwrap();
         let p = live.update(&out.smoothed).unwrap();

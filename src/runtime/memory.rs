@@ -173,7 +173,8 @@ pub fn estimate(p: &Prepared) -> MemoryEstimate {
     let probe_rows = (tr.batch_size.max(16) * 2).min(cfg.scheduler.probe_size.max(1)) as f64;
     let eval_rows = tr.batch_size.max(8).min(tr.eval_examples.max(1)) as f64;
     // Only MoS runs probe passes; the static strategies only evaluate.
-    let probing = cfg.scheduler.strategy == crate::config::Strategy::Mos;
+    let probing = cfg.scheduler.strategy == crate::config::Strategy::Mos
+        && cfg.scheduler.reward != crate::config::RewardKind::Constant;
     let forward_rows = if probing {
         eval_rows.max(probe_rows)
     } else {

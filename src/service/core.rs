@@ -506,6 +506,7 @@ fn probe_input(
             match kind {
                 RewardKind::Diff => "`nll` or `perplexities`",
                 RewardKind::Cossim => "`embeddings`",
+                RewardKind::Constant => "`rewards` (every reward 1: the constant-reward control)",
             }
         ))
     };

@@ -60,7 +60,7 @@ impl Link {
         // An update's probe pass computes only what the reward reads.
         let need = match mixing.needs.probe {
             Some(RewardKind::Cossim) => ProbeNeed::Embeddings,
-            Some(RewardKind::Diff) | None => ProbeNeed::Nll,
+            Some(RewardKind::Diff | RewardKind::Constant) | None => ProbeNeed::Nll,
         };
         let (probe_ids, probes) = match probes {
             Some((ids, sets)) => (ids, Some((sets, need))),
