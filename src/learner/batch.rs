@@ -85,6 +85,26 @@ impl TokenBatch {
             .collect()
     }
 
+    /// The mean over each example's targets of per-target values (one per position that
+    /// predicts a target, in position order: what the trainers' target-only losses produce),
+    /// 0 for an example without targets. Example `i` owns the positions `i * len .. (i + 1) *
+    /// len`.
+    pub fn mean_per_example(&self, per_target: &[f32]) -> Vec<f32> {
+        let (_, weights) = self.shifted_target_ids();
+        let mut sums = vec![0.0f64; self.batch];
+        let mut counts = vec![0usize; self.batch];
+        let rows = (0..weights.len()).filter(|&k| weights[k] > 0.0);
+        for (k, &x) in rows.zip(per_target) {
+            let i = k / self.len.max(1);
+            sums[i] += f64::from(x);
+            counts[i] += 1;
+        }
+        sums.iter()
+            .zip(&counts)
+            .map(|(&s, &c)| if c > 0 { (s / c as f64) as f32 } else { 0.0 })
+            .collect()
+    }
+
     /// Targets aligned with the prediction positions, on the host: position `k` predicts token
     /// `k + 1`. Returns the target ids and their weights, both `[batch * len]` (the last position
     /// never predicts). Non-targets keep id 0, so a gather by these ids is always in range.

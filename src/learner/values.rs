@@ -2,7 +2,7 @@
 //! which probe statistics are wanted and what they are, and the tokenizer view an export needs.
 
 /// Result of one [`Learner::train_step`](super::Learner::train_step).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput {
     /// Mean NLL over all target tokens of the batch (token-weighted), before the update.
     pub loss: f32,
@@ -14,6 +14,11 @@ pub struct StepOutput {
     pub finite: bool,
     /// Global L2 norm of the gradient before clipping (0 when there were no targets).
     pub grad_norm: f32,
+    /// Mean NLL over each example's targets, before the update, in batch order (0 for an
+    /// example without targets): what strategies that learn from training losses (ODM, ADO)
+    /// read without an extra pass. Empty when the learner does not report it; the built-in
+    /// learners always do, from the numbers their loss is made of.
+    pub example_loss: Vec<f32>,
 }
 
 impl StepOutput {
@@ -25,6 +30,7 @@ impl StepOutput {
             target_tokens: 0,
             finite: true,
             grad_norm: 0.0,
+            example_loss: Vec::new(),
         }
     }
 }

@@ -161,6 +161,45 @@ mod tests {
         assert!((a[0] - b[0]).abs() < 1e-4 * b[0].abs(), "{a:?} vs {b:?}");
     }
 
+    #[test]
+    fn both_trainers_report_each_examples_loss_before_the_update() {
+        for kernels in [CpuKernels::Fused, CpuKernels::Burn] {
+            let (mut cfg, shape) = tiny();
+            cfg.training.cpu_kernels = kernels;
+            let mut learner = build_learner(&cfg, &shape, 20).unwrap();
+            // Three examples of different lengths, one with a prompt that is not a target.
+            let seqs: Vec<(&[u32], &[bool])> = vec![
+                (&[1, 2, 3, 4, 5, 6], &[true; 6]),
+                (&[7, 8, 9], &[true; 3]),
+                (&[3, 3, 4, 9, 2], &[false, false, false, true, true]),
+            ];
+            let batch = crate::learner::TokenBatch::new(&seqs, 0);
+            let before = learner.eval_nll(&batch);
+            let out = learner.train_step(&batch);
+            assert_eq!(out.example_loss.len(), 3, "{kernels:?}");
+            for (i, (&got, &want)) in out.example_loss.iter().zip(&before).enumerate() {
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{kernels:?} example {i}: {got} vs the pre-step NLL {want}"
+                );
+            }
+            // The step's loss is their target-weighted mean.
+            let counts = batch.targets_per_example();
+            let weighted: f64 = out
+                .example_loss
+                .iter()
+                .zip(&counts)
+                .map(|(&l, &n)| f64::from(l) * n as f64)
+                .sum::<f64>()
+                / counts.iter().sum::<usize>() as f64;
+            assert!(
+                (weighted - f64::from(out.loss)).abs() < 1e-5,
+                "{kernels:?}: {weighted} vs {}",
+                out.loss
+            );
+        }
+    }
+
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_is_a_typed_error() {

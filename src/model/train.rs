@@ -195,6 +195,8 @@ impl<B: AutodiffBackend> Learner for Trainer<B> {
             return StepOutput::no_targets(lr);
         };
         let model = self.model.take().expect("model present");
+        // The inner (non-autodiff) copy of the per-target NLLs, for the per-example losses.
+        let per_target = tok.clone().inner();
         let mut loss = tok.sum().div_scalar(target_tokens as f32);
         if std::mem::take(&mut self.poison_next) {
             loss = loss.mul_scalar(f32::NAN);
@@ -210,11 +212,14 @@ impl<B: AutodiffBackend> Learner for Trainer<B> {
             .total
             .unwrap_or_else(|| Tensor::<B, 1>::zeros([1], &self.device).inner())
             .sqrt();
-        let host: Vec<f32> = Tensor::cat(vec![loss.inner(), norm], 0)
+        // The per-target NLLs ride along in the one device-to-host copy the step already makes
+        // (loss and norm), so the per-example losses cost no extra synchronisation.
+        let host: Vec<f32> = Tensor::cat(vec![loss.inner(), norm, per_target], 0)
             .into_data()
             .iter::<f32>()
             .collect();
         let (loss_v, norm_v) = (host[0], host[1]);
+        let example_loss = batch.mean_per_example(&host[2..]);
         let finite = loss_v.is_finite() && norm_v.is_finite();
         if !finite {
             self.model = Some(model);
@@ -224,6 +229,7 @@ impl<B: AutodiffBackend> Learner for Trainer<B> {
                 target_tokens,
                 finite,
                 grad_norm: norm_v,
+                example_loss,
             };
         }
 
@@ -249,6 +255,7 @@ impl<B: AutodiffBackend> Learner for Trainer<B> {
             target_tokens,
             finite,
             grad_norm: norm_v,
+            example_loss,
         }
     }
 

@@ -110,6 +110,10 @@ impl Learner for UnigramLearner {
             target_tokens: n,
             finite,
             grad_norm: 0.0,
+            example_loss: per
+                .iter()
+                .map(|&(s, k)| if k > 0 { (s / k as f64) as f32 } else { 0.0 })
+                .collect(),
         }
     }
 

@@ -811,7 +811,7 @@ impl FusedTrainer {
 
     /// Token-weighted mean NLL of `batch` (which has targets), with its gradient left in
     /// `self.grad`.
-    fn loss_and_grad(&mut self, batch: &TokenBatch) -> f32 {
+    fn loss_and_grad(&mut self, batch: &TokenBatch) -> (f32, Vec<f32>) {
         let (b, t) = (batch.batch, batch.len);
         let target_tokens = batch.num_targets();
         let mut acts = std::mem::take(&mut *self.acts.lock().unwrap_or_else(|e| e.into_inner()));
@@ -821,9 +821,11 @@ impl FusedTrainer {
         let nll =
             kernels::cross_entropy(&mut acts.logits, self.cfg.vocab_size, &ids, &wts, Some(inv));
         let loss = nll.iter().map(|&x| f64::from(x)).sum::<f64>() / target_tokens as f64;
+        // The per-example losses come from the same per-position NLLs: no extra pass.
+        let example_loss = batch.mean_per_example(&nll);
         self.backward(&batch.tokens, b, t, &acts);
         *self.acts.lock().unwrap_or_else(|e| e.into_inner()) = acts;
-        loss as f32
+        (loss as f32, example_loss)
     }
 
     /// Global-norm clipping (torch's rule: scale by clip / (norm + 1e-6)) and AdamW in one pass
@@ -937,7 +939,7 @@ impl Learner for FusedTrainer {
         if target_tokens == 0 {
             return StepOutput::no_targets(lr);
         }
-        let mut loss = self.loss_and_grad(batch);
+        let (mut loss, example_loss) = self.loss_and_grad(batch);
         if std::mem::take(&mut self.poison_next) {
             loss = f32::NAN;
         }
@@ -952,6 +954,7 @@ impl Learner for FusedTrainer {
             target_tokens,
             finite,
             grad_norm: norm,
+            example_loss,
         }
     }
 
