@@ -109,6 +109,11 @@ class MixtureController:
         (DIFF: theta_0 values, unless restored from a checkpoint) and, unless restored, adopts
         the service's current mixture. Returns that mixture."""
         plan = self.plan
+        comm = self._comm()
+        if comm.world_size != plan.world_size or comm.rank != plan.rank:
+            raise MosError(f"the sampler is rank {plan.rank} of {plan.world_size} but this process "
+                           f"is rank {comm.rank} of {comm.world_size}: build the sampler after "
+                           "torch.distributed is initialised, or pass the right rank/world_size")
 
         def begin() -> Dict[str, Any]:
             mixture = self.client.ensure_registered(list(zip(plan.names, plan.sizes)))
