@@ -206,7 +206,8 @@ class MosClient:
                 raise MosAuthError(status, message)
             raise MosServiceError(status, message)
         try:
-            return json.loads(text)
+            answer: Json = json.loads(text)
+            return answer
         except ValueError:
             raise MosServiceError(status, f"not JSON from {self.url}{path}: {text[:200]!r}") from None
 

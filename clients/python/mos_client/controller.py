@@ -68,7 +68,7 @@ class MixtureController:
 
     @property
     def rank(self) -> int:
-        return self._comm().rank
+        return int(self._comm().rank)
 
     def _comm(self) -> Any:
         if self.comm is None:
@@ -141,7 +141,7 @@ class MixtureController:
             self.history.append({"step": int(mixture["step"]), "version": int(mixture["version"]),
                                  "at_round": at})
         self._started = True
-        return mixture
+        return dict(mixture)
 
     # Steps -------------------------------------------------------------------------------------
 
@@ -153,7 +153,9 @@ class MixtureController:
         steps, so ranks must call it with the same step numbers."""
         if not self._started:
             raise RuntimeError("call start() before step()")
-        if self.probes is None or step <= 0 or step % self.update_every != 0:
+        every = self.update_every
+        assert every is not None  # start() set it
+        if self.probes is None or step <= 0 or step % every != 0:
             return None
         plan = self.plan
         counts = [t - p for t, p in zip(plan.totals, self._last_totals)]
@@ -171,7 +173,7 @@ class MixtureController:
         self.last_record = record
         for hook in self.on_update:
             hook(record)
-        return record
+        return dict(record)
 
     # State -------------------------------------------------------------------------------------
 

@@ -144,8 +144,11 @@ class MosCallback(TrainerCallback):
         # The latest mixture adopted: a resumed sampler may still be drawing the one before it
         # for the examples its loader had read ahead (the switch is pending at a later round).
         plan = self.sampler.plan
-        version, weights = (plan.pending[-1][1], plan.pending[-1][2]) if plan.pending \
-            else (plan.version, plan.weights)
+        if plan.pending:
+            version, weights = plan.pending[-1][1], plan.pending[-1][2]
+        else:
+            assert plan.version is not None and plan.weights is not None  # start() adopted one
+            version, weights = plan.version, plan.weights
         self._report(state, {"weights": weights}, int(version))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
@@ -220,7 +223,7 @@ class MosTrainer(Trainer):
         if resume_from_checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
 
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[no-untyped-call]
             if resume_from_checkpoint is None:
                 raise MosError(f"no checkpoint to resume from in {self.args.output_dir}")
         self.mos.resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) \

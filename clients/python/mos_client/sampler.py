@@ -23,7 +23,7 @@ __all__ = ["MixtureDataset", "MixtureSampler", "MixtureIterableDataset"]
 Datasets = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
 
 
-class MixtureDataset(tud.Dataset):
+class MixtureDataset(tud.Dataset[Any]):
     """Map-style concatenation of named datasets (any objects with `__len__` and
     `__getitem__`), in the given order: the registration order of the service."""
 
@@ -68,7 +68,7 @@ def _dist_rank_world() -> Tuple[int, int]:
     return 0, 1
 
 
-class MixtureSampler(tud.Sampler):
+class MixtureSampler(tud.Sampler[int]):
     """Yields indices of `self.dataset` (a MixtureDataset of `datasets`), each example's dataset
     drawn from the mixture in effect. Under torch.distributed (or with `rank`/`world_size`
     given) each rank yields its own disjoint slice of one global plan; every rank must use the
@@ -148,7 +148,7 @@ class MixtureSampler(tud.Sampler):
         self.plan.load_state_dict(state)
 
 
-class MixtureIterableDataset(tud.IterableDataset):
+class MixtureIterableDataset(tud.IterableDataset[Any]):
     """The same stream as an IterableDataset of examples (for loops that take one): iterating it
     yields `dataset[index]` for the indices of its `sampler`. Live mixture switches need the
     iteration in the main process, so DataLoader workers are refused: with workers, use
