@@ -252,6 +252,41 @@ class TorchPieces(unittest.TestCase):
             # Each reward is the mean cosine to all datasets, its own 1 included.
             self.assertTrue(all(0.0 < x <= 1.0 for x in record["raw"]), record["raw"])
 
+    def test_a_plain_torch_loop_with_the_controller(self) -> None:
+        import copy
+
+        import torch
+        from torch.utils.data import DataLoader
+        from mos_client import DiffProbes, MixtureController, MixtureSampler, MosClient
+        from mos_client.hf import CausalLMCollator
+
+        model = copy.deepcopy(self.model)
+        sampler = MixtureSampler(self.data, seed=1, num_samples=10 * 4)
+        loader = DataLoader(sampler.dataset, batch_size=4, sampler=sampler,
+                            collate_fn=CausalLMCollator(self.tok, max_length=64))
+        probes = DiffProbes(self.tok, sampler.dataset, probe_size=4, max_length=64)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        with ServiceProcess(SCHEDULER) as service:
+            ctl = MixtureController(MosClient(service.url, token=service.token), sampler, probes,
+                                    update_every=5)
+            ctl.start(model)
+            records = []
+            for step, batch in enumerate(loader, start=1):
+                model(**batch).loss.backward()
+                opt.step()
+                opt.zero_grad()
+                records.append(ctl.step(step, model))
+            self.assertEqual([k + 1 for k, r in enumerate(records) if r], [5, 10])
+            self.assertEqual(sampler.version, 2)
+            last = records[-1]
+            assert last is not None
+            self.assertEqual(sampler.weights, last["after"])
+            self.assertEqual(sum(last["counts"]), 20)  # examples drawn in steps 6..10
+            # Trained: the probes' NLLs fell from theta_0, so the DIFF rewards are below 1.
+            self.assertTrue(all(0.0 < x < 1.0 for x in last["raw"]), last["raw"])
+            print(f"\nplain loop: DIFF rewards after 10 steps {last['raw']}", flush=True)
+            self.assertEqual(service.replay().returncode, 0)
+
     def test_the_sampler_through_a_dataloader_with_workers_follows_the_mixture(self) -> None:
         from torch.utils.data import DataLoader
         from mos_client import MixtureSampler
