@@ -19,6 +19,9 @@ import os
 import random
 import sys
 
+# The mos_client package of this checkout (clients/python/mos_client/), ahead of any installed
+# copy, so the example always runs against the client it ships with. Elsewhere,
+# `pip install ./clients/python` and drop this line.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
 
 from mos_client import MosClient, MosServiceError  # noqa: E402
