@@ -993,7 +993,20 @@ fn the_serve_subcommand_starts_answers_and_never_prints_the_token() {
         child.tail_fn(),
     );
     child.assert_running();
-    assert_eq!(get(addr, "/v1/health").body["status"], json!("ok"));
+    let health = get(addr, "/v1/health").body;
+    assert_eq!(health["status"], json!("ok"));
+    // The API version a client checks is the one the served OpenAPI document states.
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"),
+    )
+    .unwrap();
+    let info_version = spec
+        .split("info:")
+        .nth(1)
+        .and_then(|info| info.lines().find_map(|l| l.trim().strip_prefix("version:")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap();
+    assert_eq!(health["api"], json!(info_version));
     assert_eq!(register(addr).status, 201);
     let wrong = request(addr, "POST", "/v1/updates", Some("Bearer nope"), b"{}");
     assert_eq!(wrong.status, 401);

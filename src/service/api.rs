@@ -78,11 +78,18 @@ pub struct UpdateRequest {
 pub struct Health {
     /// Always `"ok"` when the service answers.
     pub status: String,
+    /// The API version this service speaks ([`API_VERSION`], `info.version` of
+    /// `docs/openapi.yaml`): a client refuses a service whose API it does not speak.
+    pub api: String,
     /// Whether datasets have been registered.
     pub registered: bool,
     /// The current mixture version (absent before registration).
     pub version: Option<u64>,
 }
+
+/// The API version of this service: the path prefix (`/v1`) and `info.version` of
+/// `docs/openapi.yaml`. A change a client could notice bumps it.
+pub const API_VERSION: &str = "1";
 
 /// `GET /v1/datasets`: the registration and the scheduler settings it runs with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

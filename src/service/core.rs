@@ -161,6 +161,7 @@ impl ServiceCore {
         let snap = self.mixture();
         Health {
             status: "ok".to_string(),
+            api: super::api::API_VERSION.to_string(),
             registered: snap.is_some(),
             version: snap.map(|s| s.version),
         }

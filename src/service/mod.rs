@@ -6,7 +6,7 @@
 //! posts probe statistics (per-example NLLs or perplexities for DIFF, per-dataset embeddings for
 //! COSSIM) or ready-made rewards, and reads the mixture back. The maths is the built-in path's
 //! [`crate::mixture::Strategy`], so the same statistics give bit-identical mixtures.
-//! `docs/openapi.yaml` describes every endpoint; `clients/python/mos_client.py` is a client.
+//! `docs/openapi.yaml` describes every endpoint; the `mos_client` package in `clients/python/` is its Python client.
 //!
 //! Guarantees (see `core.rs` for how they are kept):
 //! - writes need the bearer token; reads do not. A token is always required to start, and the

@@ -193,7 +193,10 @@ class ServiceTest(unittest.TestCase):
     def test_the_live_mixture_follows_updates_off_the_calling_thread(self) -> None:
         live = LiveMixture(MosClient(self.url), interval=0.05).start()
         try:
-            record = self.client.post_rewards(7, [2.0, 1.0, 1.0, 0.5])
+            # Steps must not go backwards on the shared service (409), so this test posts after
+            # whatever the tests before it posted.
+            step = self.client.mixture()["step"] + 7
+            record = self.client.post_rewards(step, [2.0, 1.0, 1.0, 0.5])
             wait_for("the poller to see the update",
                      lambda: live.snapshot is not None and live.snapshot[0] >= record["version"])
             self.assertIsNone(live.error)
@@ -232,10 +235,13 @@ class ServiceTest(unittest.TestCase):
         self.assertEqual(plan.version, start["version"])
         self.assertEqual(probes.prepared, 1)
         records = []
+        # The shared service refuses a step below its last one (409): count from the next
+        # multiple of update_every after it, so the posts still fall on steps 5 and 10 of this loop.
+        base = (self.client.mixture()["step"] // 5 + 1) * 5
         for step in range(1, 11):
             for _ in range(4):
                 plan.draw()
-            records.append(ctl.step(step))
+            records.append(ctl.step(base + step))
         posted = [r for r in records if r is not None]
         self.assertEqual([i + 1 for i, r in enumerate(records) if r is not None], [5, 10])
         self.assertEqual(posted[1]["version"], posted[0]["version"] + 1)
