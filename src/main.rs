@@ -306,6 +306,7 @@ fn classify(e: RuntimeError) -> Failure {
         | RuntimeError::ExistingRun { .. }
         | RuntimeError::ResumeMismatch { .. }
         | RuntimeError::Pretrained(_)
+        | RuntimeError::Init { .. }
         | RuntimeError::Memory { .. } => input_error(e),
         other => other.into(),
     }
@@ -352,6 +353,20 @@ fn check(cfg: Config) -> Result<(), Failure> {
         llama.vocab_size,
         llama.num_params()
     );
+    if let Some(init) = &p.init {
+        // A run over an output directory with a checkpoint resumes it instead, so say so here
+        // rather than let "OK" suggest the init will be used.
+        let resumes = !mos_runtime::checkpoint::list(&p.cfg.runtime.output_dir).is_empty();
+        println!(
+            "initial weights from model.init = {init}: shape matches ({}){}",
+            init.shape,
+            if resumes {
+                "; not used while runtime.output_dir holds a checkpoint, which a run resumes instead"
+            } else {
+                ""
+            }
+        );
+    }
     use mos_runtime::runtime::memory;
     let estimate = memory::estimate(&p);
     print!("{estimate}");

@@ -230,6 +230,14 @@ pub struct ModelConfig {
     /// When set, the model shape and the tokenizer come from it and the shape keys below and
     /// `tokenizer`/`tokenizer_path` are not used.
     pub pretrained: Option<PathBuf>,
+    /// The weights of an earlier run of this runtime to start from: its `model.mpk` (what a
+    /// finished run writes in its `runtime.output_dir`) or one of its checkpoint directories
+    /// (`checkpoints/step-N/`, used only if its manifest verifies). Only the weights are taken:
+    /// the optimiser, the learning-rate schedule and the mixture start afresh. The shape keys
+    /// below (and the tokenizer) must describe the same model; another shape is refused. It
+    /// applies to a fresh start only: a run that resumes from a checkpoint in its own
+    /// `output_dir` continues that checkpoint's weights. Not with `pretrained`.
+    pub init: Option<PathBuf>,
     /// Hidden size.
     pub d_model: usize,
     /// Decoder blocks.
@@ -255,6 +263,7 @@ impl Default for ModelConfig {
             tokenizer_path: None,
             chat_template: ChatTemplate::Auto,
             pretrained: None,
+            init: None,
             d_model: 128,
             n_layers: 4,
             n_heads: 4,
@@ -703,6 +712,9 @@ impl Config {
         if let Some(p) = self.model.pretrained.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.model.init.as_mut() {
+            fix(p);
+        }
     }
 
     /// Keeps only the datasets named in `data.only` (an unknown name is an error naming the
@@ -725,7 +737,9 @@ impl Config {
         Ok(())
     }
 
-    fn file_label(&self) -> String {
+    /// The file this config was read from, for messages (`<config>` for one built in code);
+    /// the runtime's `model.init` errors name it too.
+    pub(crate) fn file_label(&self) -> String {
         self.source
             .as_ref()
             .map(|p| p.display().to_string())
@@ -783,6 +797,16 @@ impl Config {
         }
         if m.ffn_hidden == 0 {
             return Err(self.invalid("model.ffn_hidden", "must be positive"));
+        }
+        if m.pretrained.is_some() && m.init.is_some() {
+            // Both name the starting weights, and the shape comes from the pretrained file
+            // but is checked against the [model] keys for `init`: one of them has to go.
+            return Err(self.invalid(
+                "model.init",
+                "model.init and model.pretrained both name the starting weights; set only one \
+                 (model.init for the weights of an earlier run of this runtime, \
+                 model.pretrained for a GGUF file or a Hugging Face directory)",
+            ));
         }
         if m.pretrained.is_some() && m.tokenizer == TokenizerKind::Hf {
             return Err(self.invalid(

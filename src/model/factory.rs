@@ -5,8 +5,8 @@
 use burn::tensor::backend::{AutodiffBackend, Backend as BurnBackend};
 
 use super::{
-    cpu_device, load_for_training, CpuAutodiff, CpuBackend, FusedTrainer, Llama, LlamaConfig,
-    ModelError, TrainHyper, Trainer,
+    cpu_device, init_weights_file, load_for_training, load_init, CpuAutodiff, CpuBackend,
+    FusedTrainer, InitError, Llama, LlamaConfig, ModelError, TrainHyper, Trainer,
 };
 use crate::config::{Backend, Config, CpuKernels};
 use crate::learner::Learner;
@@ -21,12 +21,16 @@ pub enum BuildError {
     /// The initial weights could not be made (a pretrained checkpoint that does not load).
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The weights `model.init` names do not load into the config's model.
+    #[error("model.init: {0}")]
+    Init(#[from] InitError),
 }
 
 /// The built-in learner of a run, on the calling thread (the trainer's own, where every call
 /// on it will run). `cfg` gives where to train (`runtime.backend`, `runtime.device`), the CPU
-/// kernels, the optimiser, the seed and the pretrained model; `shape` is the model shape the run
-/// records in its checkpoints and `vocab_size` the tokenizer's.
+/// kernels, the optimiser, the seed and the initial weights (`model.pretrained`, `model.init`
+/// or the seeded initialisation); `shape` is the model shape the run records in its checkpoints
+/// and `vocab_size` the tokenizer's.
 ///
 /// On the CPU, `training.cpu_kernels = "fused"` gives the [`FusedTrainer`] unless the model has
 /// something its kernels do not cover (projection biases of a pretrained model), in which case
@@ -88,23 +92,27 @@ fn fused_or_burn(
     }
 }
 
-/// The weights a run starts from: the pretrained checkpoint, or the seeded initialisation of
-/// `shape` (which the runtime derived and records for checkpoints). Host-seeded, so every
-/// backend and both CPU trainers start from the same weights, independent of burn's
-/// process-global RNG.
+/// The weights a run starts from: the pretrained checkpoint, the weights of an earlier run
+/// (`model.init`: its `model.mpk`, or the one inside a checkpoint directory, whose manifest the
+/// runtime has verified), or the seeded initialisation of `shape` (which the runtime derived and
+/// records for checkpoints). Host-seeded, so every backend and both CPU trainers start from the
+/// same weights, independent of burn's process-global RNG. Only weights come from `model.init`:
+/// the trainer built around them starts its optimiser moments, step count and learning-rate
+/// schedule at zero.
 fn initial_model<B: BurnBackend>(
     cfg: &Config,
     shape: &LlamaConfig,
     vocab_size: usize,
     device: &B::Device,
-) -> Result<Llama<B>, ModelError> {
-    match &cfg.model.pretrained {
-        Some(path) => Ok(load_for_training::<B>(
-            path,
-            cfg.training.seq_len,
-            vocab_size,
-            device,
-        )?),
+) -> Result<Llama<B>, BuildError> {
+    if let Some(path) = &cfg.model.pretrained {
+        return Ok(
+            load_for_training::<B>(path, cfg.training.seq_len, vocab_size, device)
+                .map_err(ModelError::from)?,
+        );
+    }
+    match &cfg.model.init {
+        Some(path) => Ok(load_init::<B>(&init_weights_file(path), shape, device)?),
         None => Ok(shape.init_seeded::<B>(stream_seed(cfg.runtime.seed, "model"), device)),
     }
 }

@@ -29,6 +29,7 @@ mod fused;
 mod generate;
 pub mod gguf;
 mod gguf_tokenizer;
+mod init;
 mod llama;
 mod loss;
 pub mod pretrained;
@@ -46,6 +47,9 @@ pub use factory::{build_learner, train_hyper, BuildError};
 pub use fused::AttentionKernelBench;
 pub use fused::FusedTrainer;
 pub use generate::greedy_next;
+pub use init::{
+    check_init_weights, init_weights_file, load_init, InitError, WeightShape, WEIGHTS_FILE,
+};
 pub use llama::{Attention, DecoderLayer, Llama, LlamaConfig, Mlp};
 pub use loss::{per_example_nll, probe, probe_for};
 pub use pretrained::{

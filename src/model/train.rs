@@ -104,7 +104,8 @@ struct TrainerStateFile {
     step: u64,
 }
 
-const STATE_MODEL: &str = "model.mpk";
+// The same name as a finished run's weights, so that `model.init` reads either.
+const STATE_MODEL: &str = super::WEIGHTS_FILE;
 const STATE_OPT_DECAY: &str = "optim_decay.mpk";
 const STATE_OPT_NO_DECAY: &str = "optim_no_decay.mpk";
 const STATE_TRAINER: &str = "trainer.json";

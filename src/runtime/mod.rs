@@ -8,6 +8,7 @@
 //! metrics recorder: that is the binary's (or the host's) job.
 
 mod handle;
+mod init;
 pub mod memory;
 mod resume;
 mod rundir;
@@ -31,6 +32,7 @@ use crate::seed::stream_seed;
 use crate::trainer::{run_with_learner, BoxError, Learner, RunSummary, TrainerCtx, TrainerError};
 
 pub use handle::RuntimeHandle;
+pub use init::{InitError, InitSource};
 use rundir::RunDir;
 pub use until_done::{run_until_done, DoneOptions};
 
@@ -107,6 +109,16 @@ pub enum RuntimeError {
     /// `model.pretrained` could not be read.
     #[error("model.pretrained: {0}")]
     Pretrained(#[source] crate::model::LoadError),
+    /// `model.init` names weights that cannot start this run (missing, a damaged checkpoint,
+    /// another shape).
+    #[error("{config}: key `model.init`: {source}")]
+    Init {
+        /// The config file that sets it.
+        config: String,
+        /// What is wrong (boxed: two shapes would make every `RuntimeError` large).
+        #[source]
+        source: Box<InitError>,
+    },
 }
 
 /// How [`Runtime::start_with`] treats an output directory that already holds a run.
@@ -141,6 +153,9 @@ pub struct Prepared {
     pub prior: Vec<f64>,
     /// The model shape: from `[model]`, or read from `model.pretrained`.
     pub model: crate::model::LlamaConfig,
+    /// Where `model.init` takes the initial weights from, checked against `model`; None
+    /// without it. A run that resumes from its own checkpoint does not use it.
+    pub init: Option<InitSource>,
 }
 
 /// Loads the tokenizer and every dataset, and computes the starting mixture. Blocking I/O: call it
@@ -168,6 +183,19 @@ pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
             .map_err(RuntimeError::Pretrained)?,
         None => crate::trainer::llama_config(&cfg, &tokenizer),
     };
+    // Checked here rather than when the trainer loads them, so that `check` reports a bad
+    // `model.init` and a run refuses it (exit 2) before any actor or output file exists.
+    let init = match &cfg.model.init {
+        Some(path) => {
+            Some(
+                init::inspect(&cfg, path, &model).map_err(|source| RuntimeError::Init {
+                    config: cfg.file_label(),
+                    source: Box::new(source),
+                })?,
+            )
+        }
+        None => None,
+    };
     Ok(Prepared {
         cfg: Arc::new(cfg),
         tokenizer,
@@ -175,6 +203,7 @@ pub fn prepare(mut cfg: Config) -> Result<Prepared, RuntimeError> {
         sizes,
         prior,
         model,
+        init,
     })
 }
 
@@ -254,6 +283,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Spawn(e.into()))??
         };
         run_dir.write_resolved_config(&cfg)?;
+        log_initial_weights(&p, resume.as_ref(), factory.is_some());
 
         let target = cfg
             .scheduler
@@ -371,8 +401,35 @@ impl Runtime {
     }
 }
 
+/// Says where the run's weights come from when `model.init` is set: a resume continues its own
+/// checkpoint (the init applies to a fresh start only), a fresh start takes the init's weights.
+fn log_initial_weights(p: &Prepared, resume: Option<&crate::trainer::Resume>, host: bool) {
+    let Some(init) = &p.init else {
+        return;
+    };
+    match (resume, host) {
+        (Some(r), _) => tracing::info!(
+            checkpoint = %r.dir.display(),
+            "resuming from this run's own checkpoint: model.init = {init} is not used (it applies to a fresh start only)"
+        ),
+        (None, false) => tracing::info!(
+            "initial weights from model.init = {init}; the optimiser, the learning-rate schedule and the mixture start afresh"
+        ),
+        (None, true) => tracing::warn!(
+            "model.init = {init} is read by the built-in trainers only: the host's learner starts from its own weights"
+        ),
+    }
+}
+
 fn run_on_backend(ctx: TrainerCtx) -> Result<RunSummary, TrainerError> {
-    let learner =
-        crate::model::build_learner(&ctx.cfg, &ctx.model_shape, ctx.tokenizer.vocab_size())?;
+    let learner = if ctx.resume.is_some() && ctx.cfg.model.init.is_some() {
+        // The checkpoint's weights replace whatever the learner starts with, so reading the
+        // init's weights as well would only cost time (and fail if they have moved since).
+        let mut cfg = (*ctx.cfg).clone();
+        cfg.model.init = None;
+        crate::model::build_learner(&cfg, &ctx.model_shape, ctx.tokenizer.vocab_size())?
+    } else {
+        crate::model::build_learner(&ctx.cfg, &ctx.model_shape, ctx.tokenizer.vocab_size())?
+    };
     run_with_learner(ctx, learner)
 }

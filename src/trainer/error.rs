@@ -2,7 +2,7 @@
 //! so a host (or the binary's error report) can walk the chain down to the I/O error.
 
 use crate::learner::{BoxError, ModelError};
-use crate::model::BuildError;
+use crate::model::{BuildError, InitError};
 use crate::runlog::LogError;
 
 /// Why the trainer stopped with an error.
@@ -17,6 +17,10 @@ pub enum TrainerError {
     /// The model could not be built, saved or exported.
     #[error("model: {0}")]
     Model(#[source] ModelError),
+    /// The weights `model.init` names did not load (the runtime checks them at start-up, so
+    /// this means they changed since).
+    #[error("model.init: {0}")]
+    Init(#[source] InitError),
     /// A host's [`LearnerFactory`](crate::runtime::LearnerFactory) failed.
     #[error("model: {0}")]
     Learner(#[source] BoxError),
@@ -70,6 +74,7 @@ impl From<BuildError> for TrainerError {
         match e {
             BuildError::NoCuda => Self::NoCuda,
             BuildError::Model(e) => Self::Model(e),
+            BuildError::Init(e) => Self::Init(e),
         }
     }
 }

@@ -183,7 +183,8 @@ struct FusedStateFile {
     adam_updates: u64,
 }
 
-const STATE_MODEL: &str = "model.mpk";
+// The same file name as burn's trainer and a finished run, so that `model.init` reads either.
+const STATE_MODEL: &str = super::WEIGHTS_FILE;
 const STATE_MOMENTS: &str = "adamw_moments.safetensors";
 const STATE_FUSED: &str = "fused_trainer.json";
 /// [`Learner::kind`] of this trainer: its moments are flat buffers that burn's trainer cannot
