@@ -167,7 +167,7 @@ b.write()
 
 # ---------------------------------------------------------------- health
 b = Board("mos-health", "mos-runtime / Health",
-          "Loader queues, dropped reports, malformed records, actor restarts and checkpoint times.")
+          "Loader queues, dropped reports, refused scheduler updates, malformed records, actor restarts and checkpoint times.")
 b.stat("Reports dropped / min", "Trainer reports dropped because a receiver's queue was full (0 when none happened).",
        [(f"sum(rate(mos_reports_dropped_total[{RI}])) * 60 or vector(0)", "dropped/min")], decimals=1)
 b.stat("Bad records (since start)", "Malformed records skipped while loading, per dataset (counted once at start-up, so the counter's value is shown; 0 when none).",
@@ -187,6 +187,8 @@ b.ts("Loader epochs", "Passes over each dataset's training split per hour.",
      [(f'sum by (dataset) (rate(mos_loader_epochs_total{{dataset=~"$dataset"}}[{RI}])) * 3600', "{{dataset}}")], unit="short", minv=0)
 b.ts("Dropped reports", "Trainer reports dropped per second because the reward actor or scheduler was still busy.",
      [(f"sum(rate(mos_reports_dropped_total[{RI}])) or vector(0)", "dropped/s")], unit="short", minv=0)
+b.ts("Scheduler updates refused", "Updates the scheduler refused, per minute, by reason (a reward outside its range, a state that would not be finite or could no longer move): the mixture was kept and the run went on. 0 when none happened.",
+     [(f"sum by (reason) (rate(mos_scheduler_updates_rejected_total[{RI}])) * 60 or vector(0)", "{{reason}}")], unit="short", minv=0)
 b.ts("Actor restarts", "Actor restarts per second, by actor (0 when none happened).",
      [(f"sum by (actor) (rate(mos_actor_restarts_total[{RI}])) or vector(0)", "{{actor}}")], unit="short", minv=0)
 b.ts("Checkpoint time", "Wall time to write one checkpoint (checkpoints are rare: 1 hour window; empty until the first checkpoint).",
