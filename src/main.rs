@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use mos_runtime::config::Config;
-use mos_runtime::runtime::{prepare, run_until_done, DoneOptions, RuntimeError, StartOptions};
+use mos_runtime::runtime::{prepare, run_until_done, RuntimeError, StartOptions};
 use mos_runtime::telemetry;
 use mos_runtime::trainer::RunSummary;
 
@@ -380,7 +380,7 @@ fn check(cfg: Config) -> Result<(), Failure> {
         None => println!("this platform does not say how much memory the process may use"),
     }
     // `check` refuses what a run would refuse, so "OK" means the run can start.
-    memory::check(&p, limit).map_err(classify)?;
+    memory::refuse_over(&estimate, p.cfg.runtime.memory_check, limit).map_err(classify)?;
     println!("config {source}: OK");
     Ok(())
 }
@@ -450,7 +450,7 @@ fn daemon(cfg: Config, start: StartOptions) -> Result<(), Failure> {
             }
             std::process::exit(130);
         });
-        let summary = run_until_done(cfg, DoneOptions { start }, stop_rx)
+        let summary = run_until_done(cfg, start, stop_rx)
             .await
             .map_err(classify)?;
         print_summary(&summary);

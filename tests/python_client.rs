@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Secret, Strategy};
+use mos_runtime::config::{Config, Secret};
 use mos_runtime::service;
 
 const TOKEN: &str = "python-client-token-0123456789";
@@ -56,14 +56,7 @@ fn the_python_client_tests_pass_against_the_service() {
     let log = dir.path().join("mixture.jsonl");
     let mut cfg = Config::default();
     cfg.runtime.seed = 7;
-    cfg.scheduler = SchedulerConfig {
-        strategy: Strategy::Mos,
-        reward: RewardKind::Diff,
-        ema: true,
-        scorer_lr: 1e-3,
-        scorer_steps: 50,
-        ..SchedulerConfig::default()
-    };
+    cfg.scheduler = diff_ema();
     cfg.service.token = Some(Secret::new(TOKEN));
     cfg.service.mixture_log = Some(log.clone());
     let rt = tokio_rt();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use mos_runtime::actors::{MixingPlan, ProbeReport, RewardMsg};
-use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Secret, Strategy};
+use mos_runtime::config::{Config, RewardKind, SchedulerConfig, Secret};
 use mos_runtime::mixture::{MixtureLogLine, MosScheduler, StartRecord, UpdateRecord};
 use mos_runtime::seed::stream_seed;
 use mos_runtime::service::{self, ServiceHandle};
@@ -100,17 +100,6 @@ fn service_config(scheduler: SchedulerConfig) -> Config {
     cfg.service.token = Some(Secret::new(TOKEN));
     cfg.service.max_body_bytes = 4096;
     cfg
-}
-
-fn diff_ema() -> SchedulerConfig {
-    SchedulerConfig {
-        strategy: Strategy::Mos,
-        reward: RewardKind::Diff,
-        ema: true,
-        scorer_lr: 1e-3,
-        scorer_steps: 50,
-        ..SchedulerConfig::default()
-    }
 }
 
 fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> ServiceHandle {

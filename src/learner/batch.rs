@@ -87,21 +87,21 @@ impl TokenBatch {
 
     /// The mean over each example's targets of per-target values (one per position that
     /// predicts a target, in position order: what the trainers' target-only losses produce),
-    /// 0 for an example without targets. Example `i` owns the positions `i * len .. (i + 1) *
-    /// len`.
+    /// 0 for an example without targets. Positions are in order and every example's targets
+    /// lie in its own row, so example `i` owns the next `targets_per_example()[i]` values.
     pub fn mean_per_example(&self, per_target: &[f32]) -> Vec<f32> {
-        let (_, weights) = self.shifted_target_ids();
-        let mut sums = vec![0.0f64; self.batch];
-        let mut counts = vec![0usize; self.batch];
-        let rows = (0..weights.len()).filter(|&k| weights[k] > 0.0);
-        for (k, &x) in rows.zip(per_target) {
-            let i = k / self.len.max(1);
-            sums[i] += f64::from(x);
-            counts[i] += 1;
-        }
-        sums.iter()
-            .zip(&counts)
-            .map(|(&s, &c)| if c > 0 { (s / c as f64) as f32 } else { 0.0 })
+        let mut rest = per_target;
+        self.targets_per_example()
+            .into_iter()
+            .map(|n| {
+                let (mine, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                if mine.is_empty() {
+                    0.0
+                } else {
+                    (mine.iter().map(|&x| f64::from(x)).sum::<f64>() / mine.len() as f64) as f32
+                }
+            })
             .collect()
     }
 

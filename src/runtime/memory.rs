@@ -276,15 +276,27 @@ pub fn memory_limit() -> Option<MemoryLimit> {
     })
 }
 
-/// Refuses a run whose estimate exceeds `limit` (unless `runtime.memory_check = false`).
+/// Refuses a run whose estimate exceeds `limit` (unless `runtime.memory_check = false`), and
+/// returns the estimate.
 pub fn check(p: &Prepared, limit: Option<MemoryLimit>) -> Result<MemoryEstimate, RuntimeError> {
     let est = estimate(p);
-    if !p.cfg.runtime.memory_check {
-        return Ok(est);
+    refuse_over(&est, p.cfg.runtime.memory_check, limit)?;
+    Ok(est)
+}
+
+/// Refuses an estimate above `limit` when `enabled` (`runtime.memory_check`), naming the keys
+/// to lower. For a caller that has printed the estimate already (`mos-runtime check`).
+pub fn refuse_over(
+    est: &MemoryEstimate,
+    enabled: bool,
+    limit: Option<MemoryLimit>,
+) -> Result<(), RuntimeError> {
+    if !enabled {
+        return Ok(());
     }
     let Some(limit) = limit else {
         tracing::debug!("no memory limit known on this platform: memory check skipped");
-        return Ok(est);
+        return Ok(());
     };
     if est.total() > limit.bytes as f64 {
         let keys = est.keys_to_lower();
@@ -300,7 +312,7 @@ pub fn check(p: &Prepared, limit: Option<MemoryLimit>) -> Result<MemoryEstimate,
             keys: keys.join(", "),
         });
     }
-    Ok(est)
+    Ok(())
 }
 
 #[cfg(test)]

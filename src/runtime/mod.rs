@@ -34,7 +34,7 @@ use crate::trainer::{run_with_learner, BoxError, Learner, RunSummary, TrainerCtx
 pub use handle::RuntimeHandle;
 pub use init::{InitError, InitSource};
 use rundir::RunDir;
-pub use until_done::{run_until_done, DoneOptions};
+pub use until_done::run_until_done;
 
 /// Builds a host-supplied [`Learner`] on the trainer thread, from the config and the tokenizer
 /// (whose vocabulary the token ids come from). An error message stops the start-up.

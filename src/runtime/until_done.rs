@@ -10,15 +10,9 @@ use super::{Runtime, RuntimeError, RuntimeHandle, StartOptions};
 use crate::config::Config;
 use crate::trainer::{RunSummary, TrainerError};
 
-/// Options of [`run_until_done`].
-#[derive(Debug, Clone, Default)]
-pub struct DoneOptions {
-    /// How the first start treats an existing run (`fresh`, `overwrite`, ...). Restarts after a
-    /// rollback always resume.
-    pub start: StartOptions,
-}
-
-/// Starts the runtime, waits for the run to end and returns its summary. When `stop` turns
+/// Starts the runtime, waits for the run to end and returns its summary. `start` says how the
+/// first start treats an existing run (`fresh`, `overwrite`, ...); restarts after a rollback
+/// always resume. When `stop` turns
 /// true the trainer is asked to stop (it finishes its step and checkpoints); a rollback
 /// (`TrainerError::Rollback`) starts the runtime again from the newest checkpoint, counted in
 /// `mos_rollbacks_total`. Must be called inside a multi-threaded tokio runtime; the caller keeps
@@ -26,10 +20,9 @@ pub struct DoneOptions {
 /// `runtime.shutdown_grace_secs`), because only the process can abandon a step in flight.
 pub async fn run_until_done(
     cfg: Config,
-    opts: DoneOptions,
+    mut start: StartOptions,
     stop: watch::Receiver<bool>,
 ) -> Result<RunSummary, RuntimeError> {
-    let mut start = opts.start;
     loop {
         let handle = Runtime::start_with(cfg.clone(), start.clone()).await?;
         match wait_or_stop(handle, stop.clone()).await {

@@ -443,3 +443,16 @@ pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// The service tests' MoS scheduler: DIFF rewards with the EMA, a small scorer budget.
+pub(crate) fn diff_ema() -> mos_runtime::config::SchedulerConfig {
+    use mos_runtime::config::{RewardKind, SchedulerConfig, Strategy};
+    SchedulerConfig {
+        strategy: Strategy::Mos,
+        reward: RewardKind::Diff,
+        ema: true,
+        scorer_lr: 1e-3,
+        scorer_steps: 50,
+        ..SchedulerConfig::default()
+    }
+}
